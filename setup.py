@@ -23,6 +23,7 @@ setup(
         "pillow>=10",
         "scikit-image>=0.22",
         "absl-py>=1.4",
+        "tensorboard>=2.16",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2"],

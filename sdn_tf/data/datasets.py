@@ -1,0 +1,40 @@
+"""One entry point to every dataset reader, used by the training programs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from absl import logging
+
+from sdn_tf.data.records import ImageRecord, SkipReport
+
+
+def load_split(dataset: str, data_dir: Optional[str], split: str,
+               skips: Optional[SkipReport] = None) -> list[ImageRecord]:
+    """Read one split ("train" or "test") of a dataset as ImageRecords.
+
+    `shapes` is built on first use (in `data_dir`, or the default cache when
+    `data_dir` is None); the other datasets read what the user has on disk.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"Unknown split {split!r}; use train or test.")
+    if dataset == "shapes":
+        from sdn_tf.data import shapes
+
+        root = shapes.build_shapes(data_dir)
+        records = shapes.load_shapes_split(root, split)
+    else:
+        if not data_dir:
+            raise ValueError(f"--dataset={dataset} needs --data_dir, the folder that holds it.")
+        from sdn_tf.data import readers
+
+        skips = skips if skips is not None else SkipReport()
+        records = readers.read_dataset(dataset, data_dir, split, skips=skips)
+        if len(skips):
+            logging.warning("Skipped %d items of %s/%s: %s", len(skips), dataset, split,
+                            skips.reasons())
+    if not records:
+        raise ValueError(f"The {split} split of {dataset} at {data_dir!r} is empty.")
+    logging.info("Read %d images with %d captions from %s/%s.", len(records),
+                 sum(len(r.captions) for r in records), dataset, split)
+    return records

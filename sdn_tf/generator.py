@@ -1,0 +1,115 @@
+"""The symmetric generator ("target model G"): a text embedding to an image.
+
+G mirrors the teacher layer for layer, so each of its taps has the shape of
+the teacher tap of the same name and Stage-I can match them directly (SDN
+paper, Eq. 2). The layer list follows the authors' released TensorFlow 1 code:
+
+    g_fc7, g_fc6        dense 4096, ReLU
+    g_pool5             dense (S/32)^2 * 512, ReLU, reshaped to S/32 x S/32 x 512
+    g_conv5_4           nearest-neighbour resize x2
+    g_conv5_3..5_1      3x3 conv 512, ReLU
+    g_pool4             3x3 conv 512, ReLU
+    g_conv4_4           resize x2, then g_conv4_3..4_1 (512) and g_pool3 (256)
+    g_conv3_4           resize x2, then g_conv3_3..3_1 (256) and g_pool2 (128)
+    g_conv2_2           resize x2, then g_conv2_1 (128) and g_pool1 (64)
+    g_conv1_2           resize x2, then g_conv1_1 (64)
+    g_img               3x3 conv 3*n, linear, in teacher space
+
+The paper also names a g_fc8 layer that the released code does not have; it
+is left out. There is no noise input: diversity comes from n output images
+(the paper's diverse synthesis), read from the 3*n channels of g_img.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from sdn_tf.teacher import TAP_NAMES, tap_shapes
+
+# Released-code initialisers: conv kernels N(0, 0.02), dense kernels N(0, 0.1),
+# biases zero (Keras' default bias initialiser).
+_CONV_INIT_STDDEV = 0.02
+_DENSE_INIT_STDDEV = 0.1
+
+
+def _conv(filters: int, name: str, seed: int, activation="relu") -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(
+        filters, 3, padding="same", activation=activation, name=name,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=_CONV_INIT_STDDEV, seed=seed),
+    )
+
+
+def _dense(units: int, name: str, seed: int) -> keras.layers.Dense:
+    return keras.layers.Dense(
+        units, activation="relu", name=name,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=_DENSE_INIT_STDDEV, seed=seed),
+    )
+
+
+def _generator_plan(image_size: int):
+    """Yield (tap, op, filters) from deep to shallow, where op is dense, resize or conv."""
+    shapes = tap_shapes(image_size)
+    yield "pool5", "dense", shapes["pool5"]
+    for block in (5, 4, 3, 2, 1):
+        last_conv = 4 if block >= 3 else 2
+        yield f"conv{block}_{last_conv}", "resize", None
+        for index in range(last_conv - 1, 0, -1):
+            tap = f"conv{block}_{index}"
+            yield tap, "conv", shapes[tap][2]
+        if block > 1:
+            pool = f"pool{block - 1}"
+            yield pool, "conv", shapes[pool][2]
+
+
+def build_generator(image_size: int, embedding_dim: int = 1024, num_images: int = 1,
+                    seed: int = 0) -> keras.Model:
+    """Build G: embeddings [B, embedding_dim] to a dict of the 21 taps and "image".
+
+    "image" is [B, S, S, 3 * num_images] in teacher space and float32 under any
+    mixed-precision policy, so the losses see full precision.
+    """
+    if image_size % 32 != 0 or not 64 <= image_size <= 224:
+        raise ValueError(
+            f"--image_size={image_size} is not supported: use a multiple of 32 "
+            "from 64 to 224 (64, 96, 128, 160, 192, 224)."
+        )
+    if num_images < 1:
+        raise ValueError(f"--num_images={num_images} must be at least 1.")
+    embedding = keras.Input((embedding_dim,), name="embedding")
+    x = _dense(4096, "g_fc7", seed)(embedding)
+    x = _dense(4096, "g_fc6", seed + 1)(x)
+    taps = {}
+    for offset, (tap, op, shape) in enumerate(_generator_plan(image_size), start=2):
+        name = f"g_{tap}"
+        if op == "dense":
+            x = _dense(shape[0] * shape[1] * shape[2], name + "_dense", seed + offset)(x)
+            x = keras.layers.Reshape(shape, name=name)(x)
+        elif op == "resize":
+            x = keras.layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
+        else:
+            x = _conv(shape, name, seed + offset)(x)
+        taps[tap] = x
+    image = _conv(3 * num_images, "g_img", seed + 99, activation=None)(x)
+    # Keep the image (and so the image term of every loss) in float32.
+    image = keras.layers.Activation("linear", dtype="float32", name="g_img_float32")(image)
+    outputs = {tap: taps[tap] for tap in TAP_NAMES}
+    outputs["image"] = image
+    return keras.Model(embedding, outputs, name="generator")
+
+
+def count_generator_flops(image_size: int, embedding_dim: int = 1024, num_images: int = 1) -> int:
+    """Return the FLOPs (2 per multiply-add) of one generator forward pass."""
+    shapes = tap_shapes(image_size)
+    flops = 2 * (embedding_dim * 4096 + 4096 * 4096)
+    pool5 = shapes["pool5"]
+    flops += 2 * 4096 * pool5[0] * pool5[1] * pool5[2]
+    channels = pool5[2]
+    side = pool5[0]
+    for tap, op, filters in _generator_plan(image_size):
+        if op == "resize":
+            side *= 2
+        elif op == "conv":
+            flops += 2 * side * side * 9 * channels * filters
+            channels = filters
+    flops += 2 * side * side * 9 * channels * 3 * num_images
+    return int(flops)

@@ -1,0 +1,318 @@
+"""Training library behind `sdn-train`: one SDN stage from a config to a workdir.
+
+The run directory is the state. Rerunning the same command restores the
+newest checkpoint, skips the batches already seen, and continues the step
+counter; `init_from` starts a new run (usually Stage-II) from the generator of
+a finished one (usually Stage-I), as the released code did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from sdn_tf import precision as precision_lib
+from sdn_tf import workdir as workdir_lib
+from sdn_tf.data import pipeline
+from sdn_tf.data.datasets import load_split
+from sdn_tf.generator import build_generator
+from sdn_tf.losses import parse_tap_weights, stage_terms
+from sdn_tf.model import SDNModel
+from sdn_tf.teacher import build_teacher, describe_weights_choice, teacher_space_to_rgb
+
+KIND = "sdn"
+GENERATOR_WEIGHTS = "generator.weights.h5"
+FINAL_STATE = "final.json"
+# Settings that shape the model, the loss or the data: resuming must not change them.
+MUST_MATCH = ("stage", "image_size", "num_images", "teacher_preset", "teacher_weights",
+              "dataset", "text_embeddings", "text_encoder", "embedding_dim", "tap_weights",
+              "image_weight", "crop")
+NUM_SAMPLE_CAPTIONS = 6
+
+
+@dataclasses.dataclass
+class SDNConfig:
+    workdir: str
+    stage: int = 1
+    dataset: str = "shapes"
+    data_dir: Optional[str] = None
+    image_size: int = 64
+    crop: str = "none"
+    teacher_weights: str = "imagenet"
+    teacher_preset: str = "released_code"
+    text_encoder: Optional[str] = None
+    text_embeddings: str = "encoder"
+    init_from: Optional[str] = None
+    batch_size: int = 12
+    learning_rate: float = 1e-4
+    epochs: int = 100
+    max_steps: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 500
+    seed: int = 0
+    precision: str = "auto"
+    jit_compile: str = "auto"
+    tap_weights: str = ""
+    image_weight: float = 1.0
+    num_images: int = 1
+    embedding_dim: int = 0  # filled in from the text embeddings
+
+    def resolved(self) -> dict:
+        payload = dataclasses.asdict(self)
+        for key in ("workdir", "data_dir", "text_encoder", "init_from"):
+            if payload[key]:
+                payload[key] = os.path.abspath(os.path.expanduser(payload[key]))
+        if payload["teacher_weights"] not in ("imagenet", "random"):
+            payload["teacher_weights"] = describe_weights_choice(payload["teacher_weights"])
+        return payload
+
+
+def embed_records(config: SDNConfig, records) -> np.ndarray:
+    """Return one embedding row per (image, caption) pair, in `caption_pairs` order."""
+    if config.text_embeddings == "pickle":
+        missing = [r.name for r in records if r.embeddings is None]
+        if missing:
+            raise ValueError(
+                f"--text_embeddings=pickle, but {len(missing)} images have no precomputed "
+                f"embeddings (first: {missing[0]!r}). Put char-CNN-RNN-embeddings.pickle in "
+                "the split folder or use --text_embeddings=encoder."
+            )
+        rows = []
+        for record in records:
+            if len(record.embeddings) != len(record.captions):
+                raise ValueError(
+                    f"{record.name!r} has {len(record.captions)} captions but "
+                    f"{len(record.embeddings)} embeddings; they must align."
+                )
+            rows.append(np.asarray(record.embeddings, np.float32))
+        return np.concatenate(rows)
+    if not config.text_encoder:
+        raise ValueError(
+            "--text_embeddings=encoder needs --text_encoder=WORKDIR, the workdir of an "
+            "sdn-train-text run."
+        )
+    from sdn_tf.text.encoder import load_text_encoder
+
+    encoder = load_text_encoder(config.text_encoder)
+    captions = [caption for record in records for caption in record.captions]
+    logging.info("Embedding %d captions with the text encoder in %s.", len(captions),
+                 config.text_encoder)
+    return encoder.embed(captions)
+
+
+def _image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """Tile uint8 images [N, H, W, 3] into one [rows*H, columns*W, 3] image."""
+    count, height, width, _ = images.shape
+    rows = math.ceil(count / columns)
+    grid = np.zeros((rows * height, columns * width, 3), np.uint8)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid[row * height:(row + 1) * height, column * width:(column + 1) * width] = image
+    return grid
+
+
+def to_uint8_rgb(teacher_space_images: tf.Tensor, preset: str) -> tf.Tensor:
+    """Convert generator output in teacher space to uint8 RGB."""
+    rgb = teacher_space_to_rgb(tf.cast(teacher_space_images, tf.float32), preset)
+    return tf.cast(tf.clip_by_value(tf.round(rgb), 0.0, 255.0), tf.uint8)
+
+
+class _Samples:
+    """Fixed training and held-out captions whose images go to TensorBoard."""
+
+    def __init__(self, config, train_records, train_images, train_embeddings,
+                 test_records, test_images, test_embeddings):
+        self.groups = []
+        for label, records, images, embeddings in (
+                ("train", train_records, train_images, train_embeddings),
+                ("heldout", test_records, test_images, test_embeddings)):
+            if records is None:
+                continue
+            count = min(NUM_SAMPLE_CAPTIONS, len(records))
+            first_pair = np.cumsum([0] + [len(r.captions) for r in records])[:count]
+            self.groups.append((label, [records[i].captions[0] for i in range(count)],
+                                images[:count], embeddings[first_pair]))
+        self.preset = config.teacher_preset
+        self.num_images = config.num_images
+
+    def write(self, generator, step: int) -> None:
+        for label, captions, real, embeddings in self.groups:
+            fake = generator(embeddings, training=False)["image"]
+            rows = [real]
+            for k in range(self.num_images):
+                rows.append(to_uint8_rgb(fake[..., 3 * k:3 * k + 3], self.preset).numpy())
+            grid = _image_grid(np.concatenate(rows), columns=len(real))
+            tf.summary.image(f"samples/{label}", grid[None], step=step)
+            tf.summary.text(f"samples/{label}_captions",
+                            "\n\n".join(f"{i + 1}. {c}" for i, c in enumerate(captions)),
+                            step=step)
+
+
+def _load_init_weights(config: SDNConfig, generator) -> None:
+    source = config.init_from
+    stored = workdir_lib.read_config(source)
+    workdir_lib.check_kind(stored, source, KIND)
+    for key in ("image_size", "num_images", "teacher_preset", "embedding_dim"):
+        if stored.get(key) != getattr(config, key):
+            raise workdir_lib.WorkdirError(
+                f"--init_from={source!r} was trained with {key}={stored.get(key)!r}, but this "
+                f"run uses {key}={getattr(config, key)!r}; the generators do not fit."
+            )
+    path = os.path.join(source, GENERATOR_WEIGHTS)
+    if not os.path.isfile(path):
+        raise workdir_lib.WorkdirError(
+            f"{path!r} not found: the run in --init_from={source!r} has not finished. "
+            "Rerun its sdn-train command to completion first."
+        )
+    generator.load_weights(path)
+    logging.info("Initialised the generator from %s (Stage %s run).", path, stored.get("stage"))
+
+
+def _save_generator(generator, workdir: str) -> str:
+    final = os.path.join(workdir, GENERATOR_WEIGHTS)
+    temporary = os.path.join(workdir, ".tmp-" + GENERATOR_WEIGHTS)
+    generator.save_weights(temporary)
+    os.replace(temporary, final)
+    return final
+
+
+def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
+    """Train one SDN stage and return the final mean losses.
+
+    Records default to the dataset's train and test splits; tests pass small
+    hand-made lists.
+    """
+    policy = precision_lib.choose_policy(config.precision, config.jit_compile)
+    precision_lib.apply_policy(policy)
+    terms = stage_terms(config.stage, parse_tap_weights(config.tap_weights), config.image_weight)
+    if config.init_from and os.path.abspath(config.init_from) == os.path.abspath(config.workdir):
+        raise workdir_lib.WorkdirError("--init_from must name another workdir than --workdir.")
+
+    if train_records is None:
+        train_records = load_split(config.dataset, config.data_dir, "train")
+    if test_records is None:
+        try:
+            test_records = load_split(config.dataset, config.data_dir, "test")
+        except (FileNotFoundError, ValueError) as error:
+            logging.warning("No held-out split for samples: %s", error)
+            test_records = None
+    train_embeddings = embed_records(config, train_records)
+    config.embedding_dim = int(train_embeddings.shape[1])
+    resuming = workdir_lib.open_workdir(config.workdir, KIND, config.resolved(), MUST_MATCH)
+
+    train_images = pipeline.load_images(train_records, config.image_size, config.crop == "bbox")
+    pair_image_index, _ = pipeline.caption_pairs(train_records)
+    test_images = test_embeddings = None
+    if test_records:
+        sample_records = test_records[:NUM_SAMPLE_CAPTIONS]
+        test_images = pipeline.load_images(sample_records, config.image_size,
+                                           config.crop == "bbox")
+        test_embeddings = embed_records(config, sample_records)
+        test_records = sample_records
+
+    teacher = build_teacher(config.image_size, config.teacher_weights, config.teacher_preset)
+    generator = build_generator(config.image_size, config.embedding_dim, config.num_images,
+                                seed=config.seed)
+    model = SDNModel(generator, teacher, terms, config.teacher_preset, config.num_images)
+    optimizer = precision_lib.make_optimizer(policy, config.learning_rate)
+    model.optimizer = optimizer
+    optimizer.build(generator.trainable_variables)
+
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(step=step, generator=generator, optimizer=optimizer)
+    manager = workdir_lib.checkpoint_manager(checkpoint, config.workdir, config.keep_checkpoints)
+    if resuming and workdir_lib.restore_latest(manager, checkpoint):
+        logging.info("Resuming at step %d.", int(step.numpy()))
+    elif config.init_from:
+        _load_init_weights(config, generator)
+
+    steps_per_epoch = len(pair_image_index) // config.batch_size
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps) if config.epochs else config.max_steps
+    start = int(step.numpy())
+    logging.info(
+        "Stage-%s training on %d images, %d caption pairs: %d steps per epoch, %d steps in "
+        "total, batch %d, learning rate %g, teacher %s (%s preset), generator %.1fM parameters.",
+        "I" if config.stage == 1 else "II", len(train_records), len(pair_image_index),
+        steps_per_epoch, total_steps, config.batch_size, config.learning_rate,
+        describe_weights_choice(config.teacher_weights), config.teacher_preset,
+        generator.count_params() / 1e6)
+
+    dataset = pipeline.pair_dataset(train_images, train_embeddings, pair_image_index,
+                                    config.batch_size, seed=config.seed, start_step=start)
+    step_fn = tf.function(model.train_step, jit_compile=policy.jit_compile)
+    samples = _Samples(config, train_records, train_images, train_embeddings,
+                       test_records, test_images, test_embeddings)
+    writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
+
+    last_losses = {}
+    with writer.as_default():
+        if start == 0:
+            samples.write(generator, 0)
+        iterator = iter(dataset)
+        window_start = time.perf_counter()
+        window_steps = 0
+        if start < total_steps:
+            logging.info("Compiling the training step (the first step is slow).")
+        for current in range(start + 1, total_steps + 1):
+            step_fn(next(iterator))
+            step.assign(current)
+            window_steps += 1
+            if current == start + 1:
+                logging.info("First step done in %.1f s.", time.perf_counter() - window_start)
+                window_start = time.perf_counter()
+                window_steps = 0
+            if current % config.log_every == 0 or current == total_steps:
+                last_losses = _log_window(model, current, total_steps, config, window_steps,
+                                          time.perf_counter() - window_start)
+                window_start = time.perf_counter()
+                window_steps = 0
+            if current % config.sample_every == 0 or current == total_steps:
+                samples.write(generator, current)
+            if current % config.checkpoint_every == 0 or current == total_steps:
+                path = manager.save(checkpoint_number=current)
+                logging.info("Saved checkpoint %s.", path)
+        writer.flush()
+
+    path = _save_generator(generator, config.workdir)
+    workdir_lib.write_json_atomically(
+        os.path.join(config.workdir, FINAL_STATE),
+        {"step": int(step.numpy()), "losses": last_losses, "generator_weights": path})
+    logging.info("Finished at step %d; generator weights in %s.", int(step.numpy()), path)
+    return last_losses
+
+
+def _log_window(model, current, total_steps, config, window_steps, seconds) -> dict:
+    losses = {name: float(tracker.result()) for name, tracker in model.loss_trackers.items()}
+    skipped = int(model.skipped_steps.result())
+    examples_per_second = window_steps * config.batch_size / max(seconds, 1e-9)
+    for name, value in losses.items():
+        tf.summary.scalar(f"loss/{name}", value, step=current)
+    tf.summary.scalar("learning_rate", config.learning_rate, step=current)
+    tf.summary.scalar("examples_per_second", examples_per_second, step=current)
+    message = (f"step {current}/{total_steps}: loss {losses['loss']:.4f}, "
+               f"image {losses['image']:.4f}")
+    for part in ("stage1_taps", "stage2_taps"):
+        if part in losses:
+            message += f", {part} {losses[part]:.4f}"
+    message += f", {examples_per_second:.1f} examples/s"
+    if skipped:
+        message += f", {skipped} steps skipped for a non-finite loss"
+    logging.info(message)
+    for tracker in model.metrics:
+        tracker.reset_state()
+    with open(os.path.join(config.workdir, "train_log.jsonl"), "a", encoding="utf-8") as file:
+        file.write(json.dumps({"step": current, "examples_per_second": examples_per_second,
+                               "skipped_steps": skipped, **losses}) + "\n")
+    return losses
