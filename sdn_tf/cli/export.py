@@ -1,0 +1,29 @@
+"""sdn-export: write a finished sdn-train run as a SavedModel.
+
+  sdn-export --workdir=runs/stage2 --export_dir=runs/export
+"""
+
+from absl import app, flags
+
+from sdn_tf.export import export
+
+flags.DEFINE_string("workdir", None, "Workdir of a finished sdn-train run.")
+flags.DEFINE_string("export_dir", None, "Folder for the SavedModel; replaced if it exists.")
+flags.DEFINE_integer("chunk_size", 32, "Captions per generator call inside the SavedModel.",
+                     lower_bound=1)
+flags.mark_flags_as_required(["workdir", "export_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    export(FLAGS.workdir, FLAGS.export_dir, FLAGS.chunk_size)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

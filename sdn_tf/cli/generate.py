@@ -1,0 +1,40 @@
+"""sdn-generate: images from captions with a model written by sdn-export.
+
+  sdn-generate --model=runs/export --captions="a large red circle in the centre" \
+      --output_dir=samples
+"""
+
+from absl import app, flags, logging
+
+from sdn_tf import generate
+
+flags.DEFINE_string("model", None, "SavedModel folder written by sdn-export.")
+flags.DEFINE_list("captions", [], "Captions separated by commas.")
+flags.DEFINE_string("captions_file", None, "UTF-8 text file with one caption per line.")
+flags.DEFINE_string("output_dir", "generated", "Folder for the PNG files and contact sheet.")
+flags.mark_flag_as_required("model")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    if FLAGS.captions and FLAGS.captions_file:
+        raise app.UsageError("Pass either --captions or --captions_file, not both.")
+    captions = list(FLAGS.captions)
+    if FLAGS.captions_file:
+        captions = generate.read_captions_file(FLAGS.captions_file)
+    model, info = generate.load_model(FLAGS.model)
+    generate.check_captions(captions, info.get("max_caption_length",
+                                               generate.MAX_CAPTION_LENGTH))
+    images = generate.generate_images(model, captions)
+    paths = generate.write_outputs(images, captions, FLAGS.output_dir)
+    logging.info("Wrote %d images and contact_sheet.png to %s.", len(paths), FLAGS.output_dir)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

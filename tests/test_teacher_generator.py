@@ -1,0 +1,150 @@
+"""Teacher taps, generator taps, and the shape match between them."""
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sdn_tf import generator as generator_lib
+from sdn_tf import teacher as teacher_lib
+
+
+@pytest.mark.parametrize("size", [64, 128, 224])
+def test_every_tap_shape_matches(size):
+    teacher = teacher_lib.build_teacher(size, "random")
+    generator = generator_lib.build_generator(size, embedding_dim=32)
+    assert len(teacher_lib.TAP_NAMES) == 21
+    for tap in teacher_lib.TAP_NAMES:
+        teacher_shape = tuple(teacher.output[tap].shape[1:])
+        generator_shape = tuple(generator.output[tap].shape[1:])
+        assert teacher_shape == generator_shape, tap
+        assert teacher_shape == teacher_lib.tap_shapes(size)[tap], tap
+    assert tuple(generator.output["image"].shape[1:]) == (size, size, 3)
+
+
+def test_generator_layer_names_follow_taps():
+    generator = generator_lib.build_generator(64, embedding_dim=8)
+    names = {layer.name for layer in generator.layers}
+    for tap in teacher_lib.TAP_NAMES:
+        assert f"g_{tap}" in names, tap
+    assert {"g_fc7", "g_fc6", "g_img"} <= names
+
+
+def test_generator_diverse_output_channels():
+    generator = generator_lib.build_generator(64, embedding_dim=8, num_images=3)
+    images = generator(np.zeros((2, 8), np.float32))["image"]
+    assert images.shape == (2, 64, 64, 9)
+    assert images.dtype == tf.float32
+
+
+def test_generator_initialisers_follow_released_code():
+    generator = generator_lib.build_generator(64, embedding_dim=1024, seed=1)
+    dense = generator.get_layer("g_fc6").kernel.numpy()
+    conv = generator.get_layer("g_conv3_2").kernel.numpy()
+    assert abs(dense.std() - 0.1) < 0.005
+    assert abs(conv.std() - 0.02) < 0.001
+    assert not generator.get_layer("g_conv3_2").bias.numpy().any()
+
+
+@pytest.mark.parametrize("size", [32, 48, 100, 256])
+def test_generator_rejects_bad_size(size):
+    with pytest.raises(ValueError, match=f"image_size={size}"):
+        generator_lib.build_generator(size)
+
+
+def test_teacher_rejects_size_not_multiple_of_32():
+    with pytest.raises(ValueError, match="100"):
+        teacher_lib.build_teacher(100, "random")
+
+
+def test_teacher_is_frozen():
+    teacher = teacher_lib.build_teacher(64, "random")
+    assert teacher.trainable_variables == []
+    assert len(teacher.non_trainable_variables) == 32  # 16 kernels + 16 biases
+
+
+def test_released_preset_pools_by_average():
+    teacher = teacher_lib.build_teacher(64, "random", "released_code")
+    images = tf.random.uniform((1, 64, 64, 3), 0, 255, seed=0)
+    taps = teacher(images)
+    expected = tf.nn.avg_pool2d(taps["conv1_2"], 2, 2, "VALID")
+    np.testing.assert_allclose(taps["pool1"].numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_keras_preset_pools_by_max():
+    teacher = teacher_lib.build_teacher(64, "random", "keras")
+    images = tf.random.uniform((1, 64, 64, 3), 0, 255, seed=0)
+    taps = teacher(images)
+    expected = tf.nn.max_pool2d(taps["conv1_2"], 2, 2, "VALID")
+    np.testing.assert_allclose(taps["pool1"].numpy(), expected.numpy())
+
+
+def test_teacher_space_round_trip():
+    rgb = tf.random.uniform((2, 8, 8, 3), 0, 255, seed=1)
+    for preset in teacher_lib.PRESETS:
+        back = teacher_lib.teacher_space_to_rgb(teacher_lib.rgb_to_teacher_space(rgb, preset),
+                                                preset)
+        np.testing.assert_allclose(back.numpy(), rgb.numpy(), atol=1e-4)
+
+
+def test_released_preset_feeds_raw_bgr():
+    rgb = tf.constant([[[[10.0, 20.0, 30.0]]]])
+    converted = teacher_lib.rgb_to_teacher_space(rgb, "released_code").numpy()
+    assert converted.ravel().tolist() == [30.0, 20.0, 10.0]
+
+
+def test_keras_preset_matches_preprocess_input():
+    import keras
+
+    rgb = np.random.default_rng(0).uniform(0, 255, (1, 4, 4, 3)).astype(np.float32)
+    expected = keras.applications.vgg19.preprocess_input(rgb.copy())
+    converted = teacher_lib.rgb_to_teacher_space(tf.constant(rgb), "keras").numpy()
+    np.testing.assert_allclose(converted, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_teacher_loads_local_weights_file(tmp_path):
+    source = teacher_lib._load_vgg19(64, "random")
+    path = str(tmp_path / "vgg19_notop.weights.h5")
+    source.save_weights(path)
+    teacher = teacher_lib.build_teacher(64, path)
+    expected = source.get_layer("block3_conv2").kernel.numpy()
+    loaded = teacher.get_layer("block3_conv2").kernel.numpy()
+    np.testing.assert_array_equal(loaded, expected)
+
+
+def test_teacher_missing_weights_file_names_path(tmp_path):
+    missing = str(tmp_path / "nope.h5")
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        teacher_lib.build_teacher(64, missing)
+
+
+def test_teacher_unreadable_weights_file(tmp_path):
+    path = tmp_path / "broken.h5"
+    path.write_bytes(b"this is not an HDF5 file")
+    with pytest.raises(ValueError, match="broken.h5"):
+        teacher_lib.build_teacher(64, str(path))
+
+
+def test_teacher_wrong_weights_file(tmp_path):
+    path = tmp_path / "other.weights.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("unrelated", data=np.zeros(3))
+    with pytest.raises(ValueError, match="other.weights.h5"):
+        teacher_lib.build_teacher(64, str(path))
+
+
+def test_failed_download_names_alternatives(monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(keras.applications, "VGG19", offline)
+    with pytest.raises(RuntimeError, match="--teacher_weights=random"):
+        teacher_lib.build_teacher(64, "imagenet")
+
+
+def test_flop_counts_match_vgg19():
+    # VGG19's convolutions cost about 19.6 GMACs at 224x224.
+    assert abs(teacher_lib.count_teacher_flops(224) / 2e9 - 19.5) < 0.2
+    assert generator_lib.count_generator_flops(224) > teacher_lib.count_teacher_flops(224)
