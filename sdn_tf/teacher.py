@@ -91,7 +91,9 @@ def _load_vgg19(image_size: int, weights: str) -> keras.Model:
     """
     shape = (image_size, image_size, 3)
     if weights == "random":
-        return keras.applications.VGG19(include_top=False, weights=None, input_shape=shape)
+        model = keras.applications.VGG19(include_top=False, weights=None, input_shape=shape)
+        _seed_random_weights(model)
+        return model
     if weights == "imagenet":
         try:
             return keras.applications.VGG19(
@@ -121,6 +123,20 @@ def _load_vgg19(image_size: int, weights: str) -> keras.Model:
             "(vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5)."
         ) from error
     return model
+
+
+def _seed_random_weights(model: keras.Model) -> None:
+    """Give random teacher weights fixed values (Glorot-uniform, seed per layer).
+
+    Every program that builds a "random" teacher then gets the same network,
+    so a text encoder trained against its features, a resumed run and a
+    Stage-II run all see one teacher.
+    """
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    for seed, layer in enumerate(convolutions):
+        initializer = keras.initializers.GlorotUniform(seed=1000 + seed)
+        layer.kernel.assign(initializer(layer.kernel.shape))
+        layer.bias.assign(tf.zeros_like(layer.bias))
 
 
 def build_teacher(image_size: int, weights: str = "imagenet",

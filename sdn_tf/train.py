@@ -15,6 +15,7 @@ import os
 import time
 from typing import Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -194,6 +195,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     """
     policy = precision_lib.choose_policy(config.precision, config.jit_compile)
     precision_lib.apply_policy(policy)
+    keras.utils.set_random_seed(config.seed)
     terms = stage_terms(config.stage, parse_tap_weights(config.tap_weights), config.image_weight)
     if config.init_from and os.path.abspath(config.init_from) == os.path.abspath(config.workdir):
         raise workdir_lib.WorkdirError("--init_from must name another workdir than --workdir.")

@@ -148,3 +148,11 @@ def test_flop_counts_match_vgg19():
     # VGG19's convolutions cost about 19.6 GMACs at 224x224.
     assert abs(teacher_lib.count_teacher_flops(224) / 2e9 - 19.5) < 0.2
     assert generator_lib.count_generator_flops(224) > teacher_lib.count_teacher_flops(224)
+
+
+def test_random_teacher_is_reproducible():
+    first = teacher_lib.build_teacher(64, "random")
+    second = teacher_lib.build_teacher(64, "random")
+    for name in ("block1_conv1", "block5_conv4"):
+        np.testing.assert_array_equal(first.get_layer(name).kernel.numpy(),
+                                      second.get_layer(name).kernel.numpy())

@@ -1,0 +1,144 @@
+"""sdn-train end to end on a tiny hand-made dataset: stages, resume, init_from, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdn_tf import workdir as workdir_lib
+from sdn_tf.data.records import ImageRecord
+from sdn_tf.train import GENERATOR_WEIGHTS, SDNConfig, train
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    result = []
+    for index in range(6):
+        path = folder / f"{index}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(path)
+        result.append(ImageRecord(
+            name=f"image{index}", image_path=str(path), captions=["first", "second"],
+            class_id=index % 2, embeddings=rng.normal(size=(2, 16)).astype(np.float32)))
+    return result
+
+
+def config(workdir, **overrides):
+    settings = dict(workdir=str(workdir), text_embeddings="pickle", teacher_weights="random",
+                    batch_size=4, epochs=10, max_steps=4, log_every=2, checkpoint_every=2,
+                    sample_every=2, precision="float32")
+    settings.update(overrides)
+    return SDNConfig(**settings)
+
+
+def read_log(workdir):
+    with open(os.path.join(workdir, "train_log.jsonl"), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def test_stage1_writes_workdir(tmp_path, records):
+    losses = train(config(tmp_path / "run"), records, records[:2])
+    run = tmp_path / "run"
+    assert (run / GENERATOR_WEIGHTS).is_file()
+    assert (run / "config.json").is_file()
+    assert list((run / "train").iterdir()), "no TensorBoard events written"
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["kind"] == "sdn" and stored["stage"] == 1 and stored["embedding_dim"] == 16
+    assert np.isfinite(losses["loss"])
+    assert "stage1/conv1_1" in losses and "stage2_taps" not in losses
+    assert json.loads((run / "final.json").read_text())["step"] == 4
+
+
+def test_loss_decreases(tmp_path, records):
+    train(config(tmp_path / "run", max_steps=12, log_every=4, learning_rate=1e-3),
+          records, records[:2])
+    log = read_log(tmp_path / "run")
+    assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_resume_continues_step_and_losses(tmp_path, records):
+    # An interrupted run resumed with a larger step limit must continue the
+    # step counter and reproduce the uninterrupted run's losses.
+    train(config(tmp_path / "whole", max_steps=6), records, records[:2])
+    train(config(tmp_path / "split", max_steps=4), records, records[:2])
+    train(config(tmp_path / "split", max_steps=6), records, records[:2])
+    whole = read_log(tmp_path / "whole")
+    split = read_log(tmp_path / "split")
+    assert [entry["step"] for entry in split] == [2, 4, 6]
+    np.testing.assert_allclose(split[-1]["loss"], whole[-1]["loss"], rtol=1e-4)
+
+
+def test_stage2_from_stage1(tmp_path, records):
+    train(config(tmp_path / "stage1"), records, records[:2])
+    losses = train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "stage1")),
+                   records, records[:2])
+    assert "stage2/pool5" in losses and "stage1_taps" not in losses
+
+
+def test_init_from_unfinished_run(tmp_path, records):
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(workdir_lib.WorkdirError, match="config.json"):
+        train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "empty")),
+              records, records[:2])
+
+
+def test_resume_with_other_stage_rejected(tmp_path, records):
+    train(config(tmp_path / "run", max_steps=2), records, records[:2])
+    with pytest.raises(workdir_lib.WorkdirError, match="stage=1.*stage=2"):
+        train(config(tmp_path / "run", stage=2), records, records[:2])
+
+
+def test_resume_with_other_image_size_rejected(tmp_path, records):
+    train(config(tmp_path / "run", max_steps=2), records, records[:2])
+    with pytest.raises(workdir_lib.WorkdirError, match="image_size=64.*image_size=96"):
+        train(config(tmp_path / "run", image_size=96), records, records[:2])
+
+
+def test_unwritable_workdir(tmp_path, records):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(workdir_lib.WorkdirError, match="not writable"):
+        train(config(blocker / "run"), records, records[:2])
+
+
+def test_batch_larger_than_data(tmp_path, records):
+    with pytest.raises(ValueError, match="--batch_size=64"):
+        train(config(tmp_path / "run", batch_size=64), records, records[:2])
+
+
+def test_missing_text_encoder(tmp_path, records):
+    with pytest.raises(ValueError, match="--text_encoder"):
+        train(config(tmp_path / "run", text_embeddings="encoder"), records, records[:2])
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sdn_tf.cli.train", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--image_size=100", "multiple of 32"),
+    ("--stage=3", "--stage"),
+    ("--teacher_preset=caffe", "teacher_preset"),
+    ("--tap_weights=conv9_9=1", "conv9_9"),
+])
+def test_cli_rejects_bad_flags(tmp_path, flag, expected):
+    result = run_cli(f"--workdir={tmp_path}", flag)
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def test_cli_requires_workdir():
+    result = run_cli()
+    assert result.returncode != 0
+    assert "--workdir" in result.stderr
+
+
+def test_cli_helpfull_lists_flags():
+    result = run_cli("--helpfull")
+    assert "--teacher_weights" in result.stdout and "--init_from" in result.stdout
