@@ -13,7 +13,7 @@ from sdn_tf.losses import parse_tap_weights
 
 FLAGS = flags.FLAGS
 
-DATASETS = ("shapes", "cub", "flowers", "folder")
+DATASETS = ("shapes", "cub", "flowers", "folder", "tfrecord")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -24,7 +24,8 @@ def _is_multiple_of_32_in_range(value: int) -> bool:
 def define_data_flags() -> None:
     """Flags that choose the dataset and image size."""
     flags.DEFINE_enum("dataset", "shapes", DATASETS,
-                      "Dataset to read; shapes is generated locally on first use.")
+                      "Dataset to read; shapes is generated locally on first use, and "
+                      "tfrecord reads a folder written by tools/prepare_dataset.py.")
     flags.DEFINE_string("data_dir", None,
                         "Dataset folder. For shapes: where to build or find the cache "
                         "(default ~/.cache/sdn_tf or $SDN_TF_DATA_DIR).")
@@ -99,6 +100,9 @@ def define_sdn_flags() -> None:
     flags.DEFINE_float("image_weight", 1.0, "Weight of the image term.", lower_bound=0.0)
     flags.DEFINE_integer("num_images", 1, "Images per caption (diverse synthesis when > 1).",
                          lower_bound=1)
+    flags.DEFINE_bool("init_image_bias", False,
+                      "Start the generator's output bias at the mean training colour "
+                      "instead of zero (the released code's choice); shortens short runs.")
     flags.DEFINE_integer("sample_every", 500, "Write image grids of fixed training and "
                          "held-out captions to TensorBoard every N steps.", lower_bound=1)
 

@@ -27,7 +27,8 @@ from sdn_tf.data.datasets import load_split
 from sdn_tf.generator import build_generator
 from sdn_tf.losses import parse_tap_weights, stage_terms
 from sdn_tf.model import SDNModel
-from sdn_tf.teacher import build_teacher, describe_weights_choice, teacher_space_to_rgb
+from sdn_tf.teacher import (build_teacher, describe_weights_choice, rgb_to_teacher_space,
+                             teacher_space_to_rgb)
 
 KIND = "sdn"
 GENERATOR_WEIGHTS = "generator.weights.h5"
@@ -66,6 +67,7 @@ class SDNConfig:
     tap_weights: str = ""
     image_weight: float = 1.0
     num_images: int = 1
+    init_image_bias: bool = False
     embedding_dim: int = 0  # filled in from the text embeddings
 
     def resolved(self) -> dict:
@@ -179,6 +181,21 @@ def _load_init_weights(config: SDNConfig, generator) -> None:
     logging.info("Initialised the generator from %s (Stage %s run).", path, stored.get("stage"))
 
 
+def _set_image_bias_to_mean(generator, images: np.ndarray, config: SDNConfig) -> None:
+    """Start g_img's bias at the mean training colour in teacher space.
+
+    The released code starts every bias at zero, so the generator first spends
+    many steps growing its output from about 0 to the 0-255 pixel scale. This
+    option skips that phase for short runs; it is off by default.
+    """
+    mean_rgb = images.reshape(-1, 3).mean(axis=0).astype(np.float32)
+    mean = rgb_to_teacher_space(tf.constant(mean_rgb), config.teacher_preset).numpy()
+    layer = generator.get_layer("g_img")
+    layer.bias.assign(np.tile(mean, config.num_images))
+    logging.info("Initialised the g_img bias to the mean training colour %s (RGB %s).",
+                 np.round(mean, 1).tolist(), np.round(mean_rgb, 1).tolist())
+
+
 def _save_generator(generator, workdir: str) -> str:
     final = os.path.join(workdir, GENERATOR_WEIGHTS)
     temporary = os.path.join(workdir, ".tmp-" + GENERATOR_WEIGHTS)
@@ -237,6 +254,8 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         logging.info("Resuming at step %d.", int(step.numpy()))
     elif config.init_from:
         _load_init_weights(config, generator)
+    elif config.init_image_bias:
+        _set_image_bias_to_mean(generator, train_images, config)
 
     steps_per_epoch = len(pair_image_index) // config.batch_size
     total_steps = config.epochs * steps_per_epoch

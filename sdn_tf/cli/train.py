@@ -30,7 +30,8 @@ def main(argv):
         keep_checkpoints=FLAGS.keep_checkpoints, sample_every=FLAGS.sample_every,
         seed=FLAGS.seed, precision=FLAGS.precision, jit_compile=FLAGS.jit_compile,
         tap_weights=FLAGS.tap_weights, image_weight=FLAGS.image_weight,
-        num_images=FLAGS.num_images)
+        num_images=FLAGS.num_images,
+        init_image_bias=FLAGS.init_image_bias)
     train(config)
 
 

@@ -66,7 +66,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 
 SIZES = ("small", "medium", "large")
 # Object extent as a fraction of the image width.
-SIZE_FRACTIONS = {"small": 0.26, "medium": 0.38, "large": 0.52}
+SIZE_FRACTIONS = {"small": 0.34, "medium": 0.46, "large": 0.6}
 
 POSITIONS = (
     "top left", "top", "top right",
@@ -322,11 +322,11 @@ def make_captions(colour: str, shape: str, scene: dict,
 
 
 def default_shapes_dir() -> str:
-    """Return `$SDN_TF_DATA_DIR/shapes-v1`, or `~/.cache/sdn_tf/shapes-v1` when it is unset."""
+    """Return `$SDN_TF_DATA_DIR/shapes-v2`, or `~/.cache/sdn_tf/shapes-v2` when it is unset."""
     data_dir = os.environ.get("SDN_TF_DATA_DIR")
     if data_dir:
-        return os.path.join(os.path.expanduser(data_dir), "shapes-v1")
-    return os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v1")
+        return os.path.join(os.path.expanduser(data_dir), "shapes-v2")
+    return os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v2")
 
 
 def build_shapes(root=None, seed: int = 0, image_size: int = 128,
