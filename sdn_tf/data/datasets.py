@@ -15,10 +15,18 @@ def load_split(dataset: str, data_dir: Optional[str], split: str,
 
     `shapes` is built on first use (in `data_dir`, or the default cache when
     `data_dir` is None); the other datasets read what the user has on disk.
+    A `data_dir` that contains a manifest.json of tools/prepare_dataset.py is read
+    from its TFRecords, as is `dataset="tfrecord"`.
     """
     if split not in ("train", "test"):
         raise ValueError(f"Unknown split {split!r}; use train or test.")
-    if dataset == "shapes":
+    from sdn_tf.data import tfrecords
+
+    if dataset == "tfrecord" or tfrecords.is_prepared_folder(data_dir):
+        # A folder written by tools/prepare_dataset.py, named by --dataset=tfrecord or
+        # recognised by its manifest.json under the name it was prepared from.
+        records = tfrecords.load_prepared_split(dataset, data_dir, split, skips)
+    elif dataset == "shapes":
         from sdn_tf.data import shapes
 
         root = shapes.build_shapes(data_dir)

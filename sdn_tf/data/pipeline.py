@@ -61,6 +61,12 @@ def load_images(records: Sequence[ImageRecord], image_size: int, crop_to_bbox: b
     """
     if not records:
         raise ValueError("No images to load: the split is empty. Check --dataset and --data_dir.")
+    # Records read from a folder written by tools/prepare_dataset.py name a TFRecord
+    # shard and a position in it instead of an image file.
+    from sdn_tf.data import tfrecords  # Imported here because tfrecords imports this module.
+
+    if any(tfrecords.is_tfrecord_record(record) for record in records):
+        return tfrecords.load_images(records, image_size, crop_to_bbox)
     paths = [record.image_path for record in records]
     boxes = [record.bbox if (crop_to_bbox and record.bbox) else (0, 0, 0, 0) for record in records]
     use_box = [bool(crop_to_bbox and record.bbox) for record in records]
