@@ -75,6 +75,12 @@ def define_run_flags() -> None:
     flags.DEFINE_enum("precision", "auto", PRECISIONS,
                       "auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with bf16 "
                       "instructions, float32 elsewhere.")
+    flags.DEFINE_enum("on_nan", "stop", ("stop", "restore"),
+                      "After a NaN or infinite loss (whose update is never applied): stop "
+                      "with the step and the non-finite loss parts, or restore the newest "
+                      "checkpoint and continue.")
+    flags.DEFINE_integer("max_nan_restores", 3, "Restores allowed by --on_nan=restore "
+                         "before the run stops.", lower_bound=0)
     flags.DEFINE_enum("jit_compile", "auto", ("auto", "true", "false"),
                       "XLA compilation of the training step; auto: on GPU only.")
 

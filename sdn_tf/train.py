@@ -68,6 +68,8 @@ class SDNConfig:
     image_weight: float = 1.0
     num_images: int = 1
     init_image_bias: bool = False
+    on_nan: str = "stop"
+    max_nan_restores: int = 3
     embedding_dim: int = 0  # filled in from the text embeddings
 
     def resolved(self) -> dict:
@@ -281,13 +283,25 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     with writer.as_default():
         if start == 0:
             samples.write(generator, 0)
+            # A step-0 checkpoint lets --on_nan=restore recover from an early NaN.
+            manager.save(checkpoint_number=0)
         iterator = iter(dataset)
         window_start = time.perf_counter()
         window_steps = 0
         if start < total_steps:
             logging.info("Compiling the training step (the first step is slow).")
-        for current in range(start + 1, total_steps + 1):
-            step_fn(next(iterator))
+        current = start
+        nan_restores = 0
+        while current < total_steps:
+            losses = step_fn(next(iterator))
+            current += 1
+            if not math.isfinite(float(losses["loss"])):
+                # train_step has already refused the update; decide what follows.
+                iterator, current = _recover_from_nan(
+                    config, losses, current, nan_restores, manager, checkpoint, step,
+                    train_images, train_embeddings, pair_image_index)
+                nan_restores += 1
+                continue
             step.assign(current)
             window_steps += 1
             if current == start + 1:
@@ -312,6 +326,38 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         {"step": int(step.numpy()), "losses": last_losses, "generator_weights": path})
     logging.info("Finished at step %d; generator weights in %s.", int(step.numpy()), path)
     return last_losses
+
+
+def _recover_from_nan(config, losses, failed_step, restores_so_far, manager, checkpoint, step,
+                      train_images, train_embeddings, pair_image_index):
+    """Stop, or restore the newest checkpoint, after a non-finite loss.
+
+    Returns a new batch iterator and the step counter to continue from. The
+    restored run starts its data after the failing batch, so the same batch
+    cannot fail again.
+    """
+    bad_parts = sorted(name for name, value in losses.items()
+                       if name != "loss" and not math.isfinite(float(value)))
+    message = (f"Non-finite loss at step {failed_step} (non-finite parts: "
+               f"{', '.join(bad_parts) or 'loss'}); the update was not applied.")
+    if config.on_nan == "stop":
+        raise FloatingPointError(
+            message + " Lower --learning_rate, check the data for NaN values, or pass "
+            "--on_nan=restore to continue from the last checkpoint.")
+    if restores_so_far >= config.max_nan_restores:
+        raise FloatingPointError(
+            message + f" Gave up after {config.max_nan_restores} restores (--max_nan_restores).")
+    latest = manager.latest_checkpoint
+    if latest is None:
+        raise FloatingPointError(message + " No checkpoint exists yet to restore from.")
+    checkpoint.restore(latest)
+    restored_step = int(step.numpy())
+    logging.warning("%s Restored %s (step %d), restore %d of %d; data continues after the "
+                    "failing batch.", message, latest, restored_step, restores_so_far + 1,
+                    config.max_nan_restores)
+    dataset = pipeline.pair_dataset(train_images, train_embeddings, pair_image_index,
+                                    config.batch_size, seed=config.seed, start_step=failed_step)
+    return iter(dataset), restored_step
 
 
 def _log_window(model, current, total_steps, config, window_steps, seconds) -> dict:

@@ -142,3 +142,45 @@ def test_cli_requires_workdir():
 def test_cli_helpfull_lists_flags():
     result = run_cli("--helpfull")
     assert "--teacher_weights" in result.stdout and "--init_from" in result.stdout
+
+
+@pytest.fixture
+def nan_on_black_image(monkeypatch, tmp_path, records):
+    """Make the loss NaN in pool5 for any batch holding an all-black image.
+
+    A NaN in the data does not reliably reach the loss, because ReLU turns
+    NaN into 0 on the CPU, so the fault is injected into the loss itself.
+    """
+    import tensorflow as tf
+
+    from sdn_tf import model as model_lib
+
+    real_loss = model_lib.sdn_loss
+
+    def faulty_loss(real_image, *args, **kwargs):
+        losses = real_loss(real_image, *args, **kwargs)
+        black = tf.reduce_any(tf.reduce_max(real_image, axis=[1, 2, 3]) == 0.0)
+        for name in ("loss", "stage1/pool5"):
+            losses[name] = tf.where(black, tf.constant(np.nan, tf.float32), losses[name])
+        return losses
+
+    monkeypatch.setattr(model_lib, "sdn_loss", faulty_loss)
+    path = tmp_path / "black.png"
+    Image.fromarray(np.zeros((40, 52, 3), np.uint8)).save(path)
+    return [records[0], ImageRecord(**{**records[1].__dict__, "image_path": str(path)}),
+            *records[2:]]
+
+
+def test_nan_stops_with_step_and_tap(tmp_path, records, nan_on_black_image):
+    with pytest.raises(FloatingPointError, match=r"step \d+ .*stage1/pool5"):
+        train(config(tmp_path / "run", max_steps=6), nan_on_black_image, records[:2])
+    assert not (tmp_path / "run" / GENERATOR_WEIGHTS).exists()
+
+
+def test_nan_restore_gives_up(tmp_path, records, nan_on_black_image):
+    # Every epoch contains the black image, so restoring cannot get past it
+    # for long; the run must stop after --max_nan_restores tries.
+    with pytest.raises(FloatingPointError, match="Gave up after 2 restores"):
+        train(config(tmp_path / "run", max_steps=40, on_nan="restore", max_nan_restores=2,
+                     checkpoint_every=1),
+              nan_on_black_image, records[:2])

@@ -31,7 +31,8 @@ def main(argv):
         seed=FLAGS.seed, precision=FLAGS.precision, jit_compile=FLAGS.jit_compile,
         tap_weights=FLAGS.tap_weights, image_weight=FLAGS.image_weight,
         num_images=FLAGS.num_images,
-        init_image_bias=FLAGS.init_image_bias)
+        init_image_bias=FLAGS.init_image_bias, on_nan=FLAGS.on_nan,
+        max_nan_restores=FLAGS.max_nan_restores)
     train(config)
 
 
