@@ -1,0 +1,707 @@
+"""Training of the char-CNN-RNN text encoder with the DS-SJE loss against fixed image features.
+
+Image features. Reed et al. (2016) trained their encoder against fixed
+GoogLeNet features. Here the image side uses the frozen VGG19 teacher that
+SDN distils from, so no second ImageNet network is needed: the teacher's taps
+pool1 to pool5, each averaged over its spatial positions and concatenated
+(64 + 128 + 256 + 512 + 512 = 1472 values), computed once per training image
+at the run's image size. Each feature dimension is standardised with the
+mean and standard deviation of the training set, because the five blocks
+differ in scale by orders of magnitude (most of all with random teacher
+weights). A learned linear projection then maps the 1472 values to the
+embedding size, because the feature size differs from the embedding size.
+The projection is trained jointly with the text encoder, checkpointed with
+it and saved next to it as `image_projection.weights.h5`.
+
+Data order. One epoch visits every (image, caption) pair once, in an order
+drawn from the seed and the epoch number, so a resumed run continues with
+exactly the batches the interrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Mapping, Optional, Sequence, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from sdn_tf import teacher as teacher_lib
+from sdn_tf import workdir as workdir_lib
+from sdn_tf.data.records import ImageRecord
+from sdn_tf.text import encoder as encoder_lib
+
+IMAGE_FEATURE_TAPS = ("pool1", "pool2", "pool3", "pool4", "pool5")
+IMAGE_FEATURE_DIM = 64 + 128 + 256 + 512 + 512
+IMAGE_FEATURES_DESCRIPTION = (
+    "teacher taps pool1..pool5, spatial means, concatenated (1472 values), "
+    "standardised with training-set statistics, learned linear projection"
+)
+PROJECTION_WEIGHTS_FILE = "image_projection.weights.h5"
+EVAL_FILE = "text_eval.json"
+FEATURE_CACHE_DIR = "image_features"
+
+# Settings a resumed run must share with the run that started the workdir,
+# because they change the model's shape, its inputs or the cached features.
+MUST_MATCH = (
+    "embedding_dim", "rnn", "alphabet", "max_length", "image_size", "crop",
+    "teacher_preset", "teacher_weights", "dataset", "data_dir", "image_features",
+)
+
+
+@dataclasses.dataclass
+class TextTrainConfig:
+    """Settings of one sdn-train-text run.
+
+    The model defaults and the learning rate follow the CUB encoder behind
+    StackGAN's embeddings (GRU, embedding 1024, learning rate 7e-4, as its
+    file name records). Batch size and epochs are this project's choices.
+    """
+
+    workdir: str
+    dataset: str = "shapes"
+    data_dir: Optional[str] = None
+    image_size: int = 64
+    crop: str = "none"
+    teacher_weights: str = "imagenet"
+    teacher_preset: str = "released_code"
+    embedding_dim: int = 1024
+    rnn: str = "gru"
+    dropout: float = 0.5
+    margin: float = 1.0
+    batch_size: int = 40
+    learning_rate: float = 7e-4
+    epochs: int = 10
+    max_steps: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    seed: int = 0
+    precision: str = "auto"
+    jit_compile: str = "auto"
+    feature_batch_size: int = 32
+    on_nan: str = "stop"
+    max_nan_restores: int = 3
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid setting and its allowed values."""
+        if self.rnn not in encoder_lib.RNN_TYPES:
+            raise ValueError(f"rnn={self.rnn!r} is not supported; use one of "
+                             f"{encoder_lib.RNN_TYPES}.")
+        if self.precision not in ("auto", "float32", "mixed_bfloat16", "mixed_float16"):
+            raise ValueError(f"precision={self.precision!r} is not supported; use auto, "
+                             "float32, mixed_bfloat16 or mixed_float16.")
+        if self.jit_compile not in ("auto", "true", "false"):
+            raise ValueError(f"jit_compile={self.jit_compile!r}; use auto, true or false.")
+        if self.crop not in ("none", "bbox"):
+            raise ValueError(f"crop={self.crop!r}; use none or bbox.")
+        if self.on_nan not in ("stop", "restore"):
+            raise ValueError(f"on_nan={self.on_nan!r}; use stop or restore.")
+        if self.max_nan_restores < 0:
+            raise ValueError(f"max_nan_restores={self.max_nan_restores} must not be negative.")
+        for name in ("embedding_dim", "batch_size", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "feature_batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
+        if self.epochs < 0 or self.max_steps < 0:
+            raise ValueError(f"epochs={self.epochs} and max_steps={self.max_steps} must not "
+                             "be negative.")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ValueError("epochs=0 and max_steps=0 leave nothing to train; set one of them.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1).")
+        if self.learning_rate <= 0.0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be positive.")
+
+
+def as_config(config: Union[TextTrainConfig, Mapping]) -> TextTrainConfig:
+    """Return `config` as a validated TextTrainConfig; a mapping may hold any subset of fields."""
+    if isinstance(config, TextTrainConfig):
+        result = dataclasses.replace(config)
+    else:
+        known = {field.name for field in dataclasses.fields(TextTrainConfig)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"Unknown text training settings {unknown}; known settings are "
+                             f"{sorted(known)}.")
+        result = TextTrainConfig(**config)
+    result.validate()
+    return result
+
+
+def workdir_config(config: TextTrainConfig) -> dict:
+    """Return what config.json records about a run (open_workdir adds the kind)."""
+    return {
+        "embedding_dim": config.embedding_dim,
+        "rnn": config.rnn,
+        "dropout": config.dropout,
+        "alphabet": encoder_lib.ALPHABET,
+        "max_length": encoder_lib.MAX_LENGTH,
+        "image_size": config.image_size,
+        "crop": config.crop,
+        "teacher_preset": config.teacher_preset,
+        "teacher_weights": teacher_lib.describe_weights_choice(config.teacher_weights),
+        "dataset": config.dataset,
+        "data_dir": os.path.abspath(os.path.expanduser(config.data_dir))
+        if config.data_dir else None,
+        "image_features": IMAGE_FEATURES_DESCRIPTION,
+        "image_feature_dim": IMAGE_FEATURE_DIM,
+        "margin": config.margin,
+        "seed": config.seed,
+    }
+
+
+# --- Image features ---------------------------------------------------------
+
+
+def compute_image_features(images: np.ndarray, teacher: keras.Model, preset: str,
+                           batch_size: int = 32) -> np.ndarray:
+    """Return the spatial means of pool1..pool5, concatenated: float32 [N, 1472].
+
+    `images` are uint8 RGB [N, S, S, 3]. They are converted to the teacher's
+    input space with `preset` and run through `teacher` in batches.
+    """
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def features_of(batch):
+        teacher_input = teacher_lib.rgb_to_teacher_space(tf.cast(batch, tf.float32), preset)
+        taps = teacher(teacher_input, training=False)
+        means = [tf.reduce_mean(taps[tap], axis=[1, 2]) for tap in IMAGE_FEATURE_TAPS]
+        return tf.concat(means, axis=1)
+
+    count = len(images)
+    features = np.empty((count, IMAGE_FEATURE_DIM), np.float32)
+    report_every = max(1, count // 10)
+    next_report = report_every
+    start_time = time.time()
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        features[start:stop] = features_of(images[start:stop]).numpy()
+        if stop >= next_report or stop == count:
+            logging.info("Teacher features: %d/%d images (%.1f images/s).", stop, count,
+                         stop / max(time.time() - start_time, 1e-9))
+            next_report = stop + report_every
+    return features
+
+
+def feature_statistics(features: np.ndarray) -> tuple:
+    """Return per-dimension (mean, std) for standardisation, float32 [D] each.
+
+    Dimensions that are (almost) constant over the training set, such as
+    channels whose ReLU never fires, get std 1 instead of a tiny value, so
+    they stay near zero for unseen images rather than being blown up.
+    """
+    mean = features.mean(axis=0)
+    std = features.std(axis=0)
+    typical = float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
+    std = np.where(std > 1e-3 * typical, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class Standardize(keras.layers.Layer):
+    """(x - mean) / std with fixed, checkpointed per-dimension statistics."""
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False,
+                                    name="mean")
+        self.std = self.add_weight(shape=(dim,), initializer="ones", trainable=False,
+                                   name="std")
+
+    def set_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean.assign(mean)
+        self.std.assign(std)
+
+    def call(self, inputs):
+        return (inputs - self.mean) / self.std
+
+
+def build_image_projection(embedding_dim: int, seed: int = 0,
+                           feature_dim: int = IMAGE_FEATURE_DIM) -> keras.Model:
+    """Build the image side: standardisation then a linear map to `embedding_dim`."""
+    inputs = keras.Input((feature_dim,), name="image_features")
+    standardized = Standardize(dtype="float32", name="standardize")(inputs)
+    outputs = keras.layers.Dense(
+        embedding_dim, kernel_initializer=keras.initializers.GlorotUniform(seed=seed * 100 + 50),
+        dtype="float32", name="projection")(standardized)
+    return keras.Model(inputs, outputs, name="image_projection")
+
+
+def _feature_cache_path(workdir: str, split: str) -> str:
+    return os.path.join(workdir, FEATURE_CACHE_DIR, f"{split}.npz")
+
+
+def _read_feature_cache(workdir: str, split: str, records: Sequence[ImageRecord]
+                        ) -> Optional[np.ndarray]:
+    path = _feature_cache_path(workdir, split)
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as cache:
+        names = [str(name) for name in cache["names"]]
+        features = cache["features"]
+    if names != [record.name for record in records] or features.shape[1] != IMAGE_FEATURE_DIM:
+        logging.warning("Ignoring %s: it was computed for other images; recomputing.", path)
+        return None
+    logging.info("Read cached teacher features of %d %s images from %s.", len(names), split,
+                 path)
+    return features
+
+
+def _write_feature_cache(workdir: str, split: str, records: Sequence[ImageRecord],
+                         features: np.ndarray) -> None:
+    path = _feature_cache_path(workdir, split)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp_path = path + ".tmp.npz"
+    np.savez(temp_path, names=np.array([record.name for record in records]),
+             features=features)
+    os.replace(temp_path, path)
+
+
+def load_image_features(config: TextTrainConfig, splits: Mapping[str, Sequence[ImageRecord]]
+                        ) -> dict:
+    """Return {split: float32 [N, 1472]} for each split, from the workdir cache when possible.
+
+    The features are cached in the workdir because a resumed run must see the
+    same features as the run that trained the projection. With random teacher
+    weights, a teacher rebuilt under another seed would give different ones.
+    """
+    from sdn_tf.data.pipeline import load_images
+
+    result = {}
+    missing = {}
+    for split, records in splits.items():
+        cached = _read_feature_cache(config.workdir, split, records)
+        if cached is None:
+            missing[split] = records
+        else:
+            result[split] = cached
+    if not missing:
+        return result
+    if result:
+        # NOTE: the splits computed now come from a rebuilt teacher. Random
+        # teacher weights match the cached splits only under the same --seed.
+        logging.warning("Computing teacher features for %s although %s were cached; with "
+                        "--teacher_weights=random they match only if --seed is unchanged.",
+                        sorted(missing), sorted(result))
+    logging.info("Building the %s teacher (weights: %s) at %dx%d for image features.",
+                 config.teacher_preset, teacher_lib.describe_weights_choice(config.teacher_weights),
+                 config.image_size, config.image_size)
+    teacher = teacher_lib.build_teacher(config.image_size, config.teacher_weights,
+                                        config.teacher_preset)
+    for split, records in missing.items():
+        images = load_images(records, config.image_size, crop_to_bbox=config.crop == "bbox")
+        features = compute_image_features(images, teacher, config.teacher_preset,
+                                          config.feature_batch_size)
+        _write_feature_cache(config.workdir, split, records, features)
+        result[split] = features
+    return result
+
+
+# --- Training data --------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CaptionPairs:
+    """Every (image, caption) pair of a split, flattened in record order."""
+
+    image_index: np.ndarray  # int64 [P], row of the image in the split
+    captions: np.ndarray  # bytes [P], UTF-8 encoded captions
+    class_ids: np.ndarray  # int64 [P]
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+
+def caption_pairs(records: Sequence[ImageRecord], split: str) -> CaptionPairs:
+    """Flatten records into pairs; images without captions are counted and logged."""
+    image_index, captions, class_ids = [], [], []
+    without_captions = 0
+    for row, record in enumerate(records):
+        if not record.captions:
+            without_captions += 1
+            continue
+        for caption in record.captions:
+            image_index.append(row)
+            captions.append(caption.encode("utf-8") if isinstance(caption, str) else caption)
+            class_ids.append(int(record.class_id))
+    if without_captions:
+        logging.warning("Skipped %d %s images that have no captions.", without_captions, split)
+    pairs = CaptionPairs(np.asarray(image_index, np.int64), np.asarray(captions, dtype=object),
+                         np.asarray(class_ids, np.int64))
+    if len(pairs):
+        too_long = int(np.sum(encoder_lib.caption_length_exceeds(pairs.captions).numpy()))
+        if too_long:
+            logging.warning("%d of %d %s captions are longer than %d characters; only their "
+                            "first %d characters are encoded.", too_long, len(pairs), split,
+                            encoder_lib.MAX_LENGTH, encoder_lib.MAX_LENGTH)
+    return pairs
+
+
+class PairSchedule:
+    """Batches of pair indices for any step: each epoch is a seeded permutation of all pairs.
+
+    Batches run across epoch boundaries, so every batch is full and the batch
+    of step s depends only on (seed, s), which makes resumption exact.
+    """
+
+    def __init__(self, num_pairs: int, batch_size: int, seed: int):
+        self.num_pairs = num_pairs
+        self.batch_size = batch_size
+        self.seed = seed
+        self._epoch = -1
+        self._order = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_pairs)
+            self._epoch = epoch
+        return self._order
+
+    def batch(self, step: int) -> np.ndarray:
+        """Return the pair indices of the batch trained at `step` (0-based)."""
+        position = step * self.batch_size
+        indices = []
+        while len(indices) < self.batch_size:
+            epoch, offset = divmod(position, self.num_pairs)
+            take = min(self.batch_size - len(indices), self.num_pairs - offset)
+            indices.extend(self._permutation(epoch)[offset:offset + take])
+            position += take
+        return np.asarray(indices, np.int64)
+
+
+def total_steps(config: TextTrainConfig, num_pairs: int) -> int:
+    """Return the steps of the whole run: --epochs over the pairs, capped by --max_steps."""
+    epoch_steps = math.ceil(config.epochs * num_pairs / config.batch_size)
+    if config.max_steps and (config.epochs == 0 or config.max_steps < epoch_steps):
+        return config.max_steps
+    return epoch_steps
+
+
+# --- Precision and compilation -----------------------------------------------
+
+
+def resolve_precision(precision: str) -> str:
+    """Return the Keras dtype policy name for a --precision value."""
+    # NOTE: "auto" means float32 for now; a shared policy helper (mixed
+    # precision on GPUs and bf16 CPUs) is to replace this.
+    return "float32" if precision == "auto" else precision
+
+
+def resolve_jit_compile(jit_compile: str) -> bool:
+    """Return whether to XLA-compile the training step; "auto" compiles on GPUs only."""
+    if jit_compile == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return jit_compile == "true"
+
+
+# --- Evaluation ---------------------------------------------------------------
+
+
+def zero_shot_accuracy(text_encoder: encoder_lib.TextEncoder, image_projection: keras.Model,
+                       features: np.ndarray, records: Sequence[ImageRecord]) -> dict:
+    """Zero-shot class retrieval: is each image's best-scoring class its own?
+
+    Each class is represented by the mean embedding of all captions of its
+    images. An image scores a class by the inner product of its projected
+    features with that mean, as in Reed et al.'s zero-shot classification.
+    """
+    pairs = caption_pairs(records, "test")
+    classes = np.unique(pairs.class_ids)
+    caption_embeddings = text_encoder.embed(tf.constant(list(pairs.captions), tf.string))
+    class_means = np.stack([caption_embeddings[pairs.class_ids == c].mean(axis=0)
+                            for c in classes])
+    with_captions = np.array([bool(record.captions) for record in records])
+    image_classes = np.array([int(record.class_id) for record in records])[with_captions]
+    image_embeddings = image_projection(features[with_captions], training=False).numpy()
+    predicted = classes[np.argmax(image_embeddings @ class_means.T, axis=1)]
+    hits = predicted == image_classes
+    per_class = {str(int(c)): float(np.mean(hits[image_classes == c])) for c in classes}
+    return {
+        "zero_shot_accuracy": float(np.mean(hits)),
+        "num_images": int(len(hits)),
+        "num_classes": int(len(classes)),
+        "chance_accuracy": 1.0 / len(classes),
+        "per_class_accuracy": per_class,
+    }
+
+
+# --- Training -------------------------------------------------------------------
+
+
+def _load_test_records(config: TextTrainConfig) -> Optional[list]:
+    from sdn_tf.data.datasets import load_split
+
+    try:
+        return load_split(config.dataset, config.data_dir, "test")
+    except (ValueError, FileNotFoundError) as error:
+        logging.warning("No test split for the zero-shot evaluation (%s); it is skipped.", error)
+        return None
+
+
+def _make_train_step(text_model, image_projection, optimizer, margin: float, jit: bool):
+    variables = text_model.trainable_variables + image_projection.trainable_variables
+
+    @tf.function(jit_compile=jit, autograph=False)
+    def train_step(onehot, features, class_ids):
+        """Return (loss, accuracy); the update is applied only when the loss is finite."""
+        with tf.GradientTape() as tape:
+            text_embeddings = text_model(onehot, training=True)
+            image_embeddings = image_projection(features, training=True)
+            loss, accuracy = encoder_lib.ds_sje_loss(image_embeddings, text_embeddings,
+                                                     class_ids, margin)
+            scaled_loss = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+
+        def apply():
+            optimizer.apply(gradients, variables)
+            return tf.constant(True)
+
+        # Non-finite gradients with a finite loss are left to the loss-scale
+        # optimizer under mixed_float16, which skips them and lowers its scale.
+        tf.cond(tf.math.is_finite(loss), apply, lambda: tf.constant(False))
+        return loss, accuracy
+
+    return train_step
+
+
+@dataclasses.dataclass
+class TrainedTextEncoder:
+    """Result of train_text_encoder: the final models and the summary written to text_eval.json."""
+
+    text_encoder: encoder_lib.TextEncoder
+    image_projection: keras.Model
+    summary: dict
+
+
+def train_text_encoder(config: Union[TextTrainConfig, Mapping],
+                       records: Optional[Sequence[ImageRecord]] = None,
+                       test_records: Optional[Sequence[ImageRecord]] = None
+                       ) -> TrainedTextEncoder:
+    """Train (or resume) a text encoder in `config.workdir` and return the final models.
+
+    `records` is the training split; when None it is read with
+    `load_split(config.dataset, config.data_dir, "train")`, and the test split
+    for the final zero-shot evaluation likewise. With `records` given, only
+    `test_records` are evaluated (none when it is None).
+
+    Writes config.json at the start, checkpoints every `checkpoint_every`
+    steps, TensorBoard scalars under `workdir/train`, and at the end
+    text_encoder.weights.h5, image_projection.weights.h5 and text_eval.json.
+    Rerunning with the same workdir resumes from the newest checkpoint.
+
+    Raises:
+      WorkdirError: when the workdir contains a run of another kind or was started
+        with settings in MUST_MATCH that differ from `config`.
+    """
+    config = as_config(config)
+    stored_config = workdir_config(config)
+    workdir_lib.open_workdir(config.workdir, encoder_lib.WORKDIR_KIND, stored_config,
+                             MUST_MATCH)
+    keras.utils.set_random_seed(config.seed)  # also fixes a random-weight teacher
+
+    if records is None:
+        from sdn_tf.data.datasets import load_split
+
+        records = load_split(config.dataset, config.data_dir, "train")
+        test_records = _load_test_records(config)
+    pairs = caption_pairs(records, "train")
+    if len(pairs) < config.batch_size:
+        raise ValueError(
+            f"The training split has {len(pairs)} (image, caption) pairs, fewer than "
+            f"batch_size={config.batch_size}. Lower --batch_size or use more data.")
+
+    splits = {"train": records}
+    if test_records:
+        splits["test"] = test_records
+    features = load_image_features(config, splits)
+
+    policy = resolve_precision(config.precision)
+    jit = resolve_jit_compile(config.jit_compile)
+    logging.info("Precision %s, XLA compilation %s.", policy, "on" if jit else "off")
+    text_model = encoder_lib.build_text_encoder(
+        config.embedding_dim, config.rnn, config.dropout, config.seed,
+        dtype=policy,
+        use_cudnn=False if jit else "auto")
+    image_projection = build_image_projection(config.embedding_dim, config.seed)
+    image_projection.get_layer("standardize").set_statistics(
+        *feature_statistics(features["train"]))
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(text_model.trainable_variables + image_projection.trainable_variables)
+
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    # Batches skipped after a NaN restore (see _restore_after_nan), saved so
+    # that resuming later continues with the same data.
+    data_offset = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_offset")
+    tracked = dict(step=step, data_offset=data_offset, text_encoder=text_model,
+                   image_projection=image_projection, optimizer=optimizer)
+    # The dropout layer's random state lives outside the Keras weights; saving
+    # it makes a resumed run draw the masks an uninterrupted run would draw.
+    # Keras creates no seed generator for a rate of 0.
+    seed_generator = getattr(text_model.get_layer("dropout"), "seed_generator", None)
+    if seed_generator is not None:
+        tracked["dropout_seed_state"] = seed_generator.state
+    checkpoint = tf.train.Checkpoint(**tracked)
+    manager = workdir_lib.checkpoint_manager(checkpoint, config.workdir,
+                                             config.keep_checkpoints)
+    if not workdir_lib.restore_latest(manager, checkpoint):
+        manager.save(checkpoint_number=0)  # lets --on_nan=restore recover from an early NaN
+
+    num_steps = total_steps(config, len(pairs))
+    start_step = int(step.numpy())
+    logging.info("%d images, %d (image, caption) pairs, batch %d: %.1f steps per epoch; "
+                 "training steps %d to %d.", len(records), len(pairs), config.batch_size,
+                 len(pairs) / config.batch_size, start_step, num_steps)
+
+    last_window = _train_loop(config, pairs, features["train"], text_model, image_projection,
+                              optimizer, checkpoint, manager, num_steps)
+    text_encoder = encoder_lib.TextEncoder(
+        text_model, dict(stored_config, kind=encoder_lib.WORKDIR_KIND))
+    summary = _finish(config, text_encoder, image_projection, features, test_records, step,
+                      manager, last_window)
+    return TrainedTextEncoder(text_encoder, image_projection, summary)
+
+
+def _train_loop(config, pairs, train_features, text_model, image_projection, optimizer,
+                checkpoint, manager, num_steps) -> dict:
+    """Run the steps from `checkpoint.step` to `num_steps`; return the means of the last log window."""
+    schedule = PairSchedule(len(pairs), config.batch_size, config.seed)
+    encode = tf.function(encoder_lib.captions_to_onehot,
+                         input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+    train_step = _make_train_step(text_model, image_projection, optimizer, config.margin,
+                                  resolve_jit_compile(config.jit_compile))
+    writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
+
+    window = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "start": time.time()}
+    last_window = {}
+    nan_restores = 0
+    current = int(checkpoint.step.numpy())
+    while current < num_steps:
+        batch = schedule.batch(current + int(checkpoint.data_offset.numpy()))
+        onehot = encode(tf.constant(list(pairs.captions[batch]), tf.string))
+        batch_features = tf.constant(train_features[pairs.image_index[batch]])
+        loss, accuracy = train_step(onehot, batch_features, tf.constant(pairs.class_ids[batch]))
+        current += 1
+        if not math.isfinite(float(loss)):
+            current = _restore_after_nan(config, float(loss), current, nan_restores, manager,
+                                         checkpoint)
+            nan_restores += 1
+            continue
+        checkpoint.step.assign(current)
+        window["loss"] += float(loss)
+        window["accuracy"] += float(accuracy)
+        window["steps"] += 1
+
+        if current % config.log_every == 0 or current == num_steps:
+            last_window = _log_window(window, current, num_steps, config.batch_size, writer)
+            window = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "start": time.time()}
+        if current % config.checkpoint_every == 0 and current < num_steps:
+            manager.save(checkpoint_number=current)
+    writer.flush()
+    return last_window
+
+
+def _restore_after_nan(config, loss: float, failed_step: int, restores_so_far: int, manager,
+                       checkpoint) -> int:
+    """Stop, or restore the newest checkpoint, after a non-finite loss; return the step to resume at.
+
+    After a restore, the data continues after the failing batch, because the
+    same batches with the same dropout masks would lead to the same NaN.
+    """
+    message = (f"The DS-SJE loss was {loss} at step {failed_step}; that update was not "
+               "applied.")
+    if config.on_nan == "stop":
+        raise FloatingPointError(
+            message + " Lower --learning_rate, or pass --on_nan=restore to continue from "
+            "the newest checkpoint.")
+    if restores_so_far >= config.max_nan_restores:
+        raise FloatingPointError(
+            message + f" Stopped after {config.max_nan_restores} restores "
+            "(--max_nan_restores). Lower --learning_rate and rerun; the run resumes from its "
+            "newest checkpoint.")
+    data_position = failed_step + int(checkpoint.data_offset.numpy())
+    latest = manager.latest_checkpoint
+    checkpoint.restore(latest).expect_partial()
+    restored_step = int(checkpoint.step.numpy())
+    checkpoint.data_offset.assign(data_position - restored_step)
+    logging.warning("%s Restored %s (step %d), restore %d of %d; the data continues after the "
+                    "failing batch.", message, latest, restored_step, restores_so_far + 1,
+                    config.max_nan_restores)
+    return restored_step
+
+
+def _log_window(window: dict, current: int, num_steps: int, batch_size: int, writer) -> dict:
+    elapsed = max(time.time() - window["start"], 1e-9)
+    means = {
+        "loss": window["loss"] / window["steps"],
+        "accuracy": window["accuracy"] / window["steps"],
+        "examples_per_second": window["steps"] * batch_size / elapsed,
+    }
+    logging.info("step %d/%d: loss %.4f, accuracy %.3f, %.0f examples/s", current, num_steps,
+                 means["loss"], means["accuracy"], means["examples_per_second"])
+    with writer.as_default(step=current):
+        for name, value in means.items():
+            tf.summary.scalar(name, value)
+    return means
+
+
+def _finish(config, text_encoder, image_projection, features, test_records, step, manager,
+            last_window) -> dict:
+    """Save the final checkpoint and weights, evaluate on the test split, return the summary."""
+    final_step = int(step.numpy())
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(
+            f"-{final_step}"):
+        manager.save(checkpoint_number=final_step)
+    weights_path = encoder_lib.save_text_encoder(text_encoder.model, config.workdir)
+    projection_path = os.path.join(config.workdir, PROJECTION_WEIGHTS_FILE)
+    temp_path = os.path.join(config.workdir, ".tmp-" + PROJECTION_WEIGHTS_FILE)
+    image_projection.save_weights(temp_path)
+    os.replace(temp_path, projection_path)
+    logging.info("Wrote %s and %s at step %d.", weights_path, projection_path, final_step)
+
+    summary = {"step": final_step}
+    summary.update({f"train_{name}": value for name, value in last_window.items()})
+    if test_records and "test" in features:
+        if len({int(record.class_id) for record in test_records}) < 2:
+            logging.warning("The test split has fewer than 2 classes; the zero-shot "
+                            "evaluation is skipped.")
+        else:
+            result = zero_shot_accuracy(text_encoder, image_projection, features["test"],
+                                        test_records)
+            logging.info("Zero-shot class retrieval on the test split: %.3f over %d images "
+                         "and %d classes (chance %.3f).", result["zero_shot_accuracy"],
+                         result["num_images"], result["num_classes"],
+                         result["chance_accuracy"])
+            summary.update(result)
+    workdir_lib.write_json_atomically(os.path.join(config.workdir, EVAL_FILE), summary)
+    return summary
+
+
+def load_image_projection(workdir: str) -> keras.Model:
+    """Load the image-side projection saved by a finished sdn-train-text run."""
+    config = workdir_lib.read_config(workdir)
+    workdir_lib.check_kind(config, workdir, encoder_lib.WORKDIR_KIND)
+    path = os.path.join(workdir, PROJECTION_WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise workdir_lib.WorkdirError(
+            f"{path!r} not found: the sdn-train-text run in {workdir!r} did not finish. "
+            "Rerun sdn-train-text with that --workdir to finish it.")
+    projection = build_image_projection(int(config["embedding_dim"]),
+                                        feature_dim=int(config.get("image_feature_dim",
+                                                                   IMAGE_FEATURE_DIM)))
+    projection.load_weights(path)
+    return projection
+
+
+__all__ = [
+    "IMAGE_FEATURE_TAPS", "IMAGE_FEATURE_DIM", "MUST_MATCH", "TextTrainConfig", "as_config",
+    "workdir_config", "compute_image_features", "feature_statistics", "build_image_projection",
+    "load_image_features", "caption_pairs", "PairSchedule", "total_steps",
+    "zero_shot_accuracy", "TrainedTextEncoder", "train_text_encoder", "load_image_projection",
+]

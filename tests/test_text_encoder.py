@@ -1,0 +1,457 @@
+"""Tests of the char-CNN-RNN text encoder, its DS-SJE loss, training and the sdn-train-text CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from sdn_tf.data.records import ImageRecord
+from sdn_tf.text import encoder as enc
+from sdn_tf.text import train as text_train
+from sdn_tf.workdir import WorkdirError, open_workdir
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _indices(onehot_row):
+    """Return the alphabet index of each position, -1 for an all-zero row."""
+    return np.where(onehot_row.sum(axis=-1) > 0, onehot_row.argmax(axis=-1), -1)
+
+
+# --- Character encoding ------------------------------------------------------------
+
+
+def test_alphabet_has_70_distinct_symbols():
+    assert len(enc.ALPHABET) == 70
+    assert len(set(enc.ALPHABET)) == 70
+
+
+def test_onehot_shape_and_dtype():
+    onehot = enc.captions_to_onehot(["a bird", "x"])
+    assert onehot.shape == (2, enc.MAX_LENGTH, 70)
+    assert onehot.dtype == tf.float32
+
+
+def test_onehot_index_positions():
+    onehot = enc.captions_to_onehot(["ab z9!"]).numpy()[0]
+    expected = [enc.ALPHABET.index(c) for c in "ab z9!"]
+    np.testing.assert_array_equal(_indices(onehot)[:6], expected)
+    assert onehot[:6].sum() == 6
+    assert onehot[6:].sum() == 0
+
+
+def test_onehot_lowercases():
+    upper = enc.captions_to_onehot(["A Red BIRD"]).numpy()
+    lower = enc.captions_to_onehot(["a red bird"]).numpy()
+    np.testing.assert_array_equal(upper, lower)
+
+
+def test_onehot_unknown_characters_are_zero():
+    onehot = enc.captions_to_onehot(["a\tb\u00e9c\U0001F426d"]).numpy()[0]
+    # Positions: a, tab, b, e-acute, c, bird emoji, d; one position per character.
+    np.testing.assert_array_equal(
+        _indices(onehot)[:8], [0, -1, 1, -1, 2, -1, 3, -1])
+
+
+def test_onehot_invalid_utf8_is_zero():
+    onehot = enc.captions_to_onehot([b"caf\xe9 x"]).numpy()[0]
+    np.testing.assert_array_equal(_indices(onehot)[:6], [2, 0, 5, -1, 68, 23])
+
+
+def test_onehot_truncates_at_max_length():
+    onehot = enc.captions_to_onehot(["b" * 300]).numpy()[0]
+    assert onehot.shape[0] == 201
+    assert onehot[:, enc.ALPHABET.index("b")].sum() == 201
+
+
+def test_length_exceeds_flags_long_captions():
+    flags = enc.caption_length_exceeds(["a" * 201, "a" * 202, ""]).numpy()
+    np.testing.assert_array_equal(flags, [False, True, False])
+
+
+def test_onehot_empty_string_is_zero():
+    onehot = enc.captions_to_onehot(["", "a"]).numpy()
+    assert onehot[0].sum() == 0
+    assert onehot[1].sum() == 1
+
+
+def test_onehot_inside_tf_function():
+    encode = tf.function(enc.captions_to_onehot,
+                         input_signature=[tf.TensorSpec([None], tf.string)])
+    np.testing.assert_array_equal(encode(tf.constant(["Hi there"])).numpy(),
+                                  enc.captions_to_onehot(["hi there"]).numpy())
+
+
+def test_onehot_in_saved_model(tmp_path):
+    module = tf.Module()
+    module.encode = tf.function(enc.captions_to_onehot,
+                                input_signature=[tf.TensorSpec([None], tf.string)])
+    tf.saved_model.save(module, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    captions = tf.constant(["A red circle", "caf\u00e9", ""])
+    np.testing.assert_array_equal(loaded.encode(captions).numpy(),
+                                  enc.captions_to_onehot(captions).numpy())
+
+
+def test_onehot_rejects_scalar_caption():
+    with pytest.raises(ValueError, match="1-D batch"):
+        enc.captions_to_onehot("a single caption")
+
+
+# --- Model -------------------------------------------------------------------
+
+
+def test_cnn_leaves_eight_steps():
+    model = enc.build_text_encoder(embedding_dim=16)
+    assert enc.cnn_output_steps(model) == enc.CNN_OUTPUT_STEPS == 8
+
+
+@pytest.mark.parametrize("rnn, layer", [("gru", "gru"), ("rnn", "rnn")])
+def test_encoder_output_shape(rnn, layer):
+    model = enc.build_text_encoder(embedding_dim=24, rnn=rnn)
+    output = model(enc.captions_to_onehot(["a red circle", "", "x" * 250]))
+    assert output.shape == (3, 24)
+    assert model.get_layer(layer).units == 512
+
+
+def test_encoder_rejects_unknown_rnn():
+    with pytest.raises(ValueError, match="lstm"):
+        enc.build_text_encoder(rnn="lstm")
+
+
+def test_embed_matches_embed_tensor():
+    encoder = enc.TextEncoder(enc.build_text_encoder(embedding_dim=8))
+    captions = ["a red circle", "a blue square", "a green cross"]
+    batched = encoder.embed(captions, batch_size=2)
+    direct = encoder.embed_tensor(tf.constant(captions)).numpy()
+    assert batched.shape == (3, 8)
+    assert batched.dtype == np.float32
+    np.testing.assert_allclose(batched, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_empty_list():
+    encoder = enc.TextEncoder(enc.build_text_encoder(embedding_dim=8))
+    assert encoder.embed([]).shape == (0, 8)
+
+
+# --- DS-SJE loss ------------------------------------------------------------------
+
+
+def _numpy_ds_sje(image, text, classes, margin):
+    scores = image @ text.T
+    total, count = 0.0, 0
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if classes[i] == classes[j]:
+                continue
+            total += max(0.0, margin + scores[i, j] - scores[i, i])  # image side, row i
+            total += max(0.0, margin + scores[i, j] - scores[j, j])  # text side, column j
+            count += 1
+    best = scores.argmax(axis=1)
+    accuracy = np.mean(classes[best] == classes)
+    return total / max(count, 1), accuracy
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ds_sje_matches_numpy(seed):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(9, 5)).astype(np.float32)
+    text = rng.normal(size=(9, 5)).astype(np.float32)
+    classes = np.array([0, 1, 1, 2, 0, 3, 3, 3, 1])  # duplicate classes
+    loss, accuracy = enc.ds_sje_loss(image, text, classes, margin=0.7)
+    expected_loss, expected_accuracy = _numpy_ds_sje(image, text, classes, 0.7)
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-5)
+    assert float(accuracy) == pytest.approx(expected_accuracy)
+
+
+def test_ds_sje_ignores_same_class_pairs():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(4, 6)).astype(np.float32)
+    text = rng.normal(size=(4, 6)).astype(np.float32)
+    loss, accuracy = enc.ds_sje_loss(image, text, np.zeros(4, np.int64))
+    assert float(loss) == 0.0
+    assert float(accuracy) == 1.0
+
+
+def test_ds_sje_zero_when_separated():
+    # Each image scores its own caption 10 and every other caption 0.
+    embeddings = np.eye(4, dtype=np.float32) * np.sqrt(10.0)
+    loss, accuracy = enc.ds_sje_loss(embeddings, embeddings, np.arange(4))
+    assert float(loss) == 0.0
+    assert float(accuracy) == 1.0
+
+
+# --- Training data order ----------------------------------------------------------
+
+
+def test_schedule_covers_each_pair_once_per_epoch():
+    schedule = text_train.PairSchedule(num_pairs=10, batch_size=5, seed=0)
+    first_epoch = np.concatenate([schedule.batch(0), schedule.batch(1)])
+    assert sorted(first_epoch) == list(range(10))
+
+
+def test_schedule_wraps_across_epochs():
+    schedule = text_train.PairSchedule(num_pairs=10, batch_size=4, seed=0)
+    pairs = np.concatenate([schedule.batch(step) for step in range(5)])  # 20 = 2 epochs
+    assert sorted(pairs[:10]) == list(range(10))
+    assert sorted(pairs[10:]) == list(range(10))
+
+
+def test_schedule_depends_only_on_step():
+    first = text_train.PairSchedule(num_pairs=50, batch_size=7, seed=4)
+    second = text_train.PairSchedule(num_pairs=50, batch_size=7, seed=4)
+    np.testing.assert_array_equal(first.batch(9), second.batch(9))
+
+
+def test_config_rejects_unknown_setting():
+    with pytest.raises(ValueError, match="bogus"):
+        text_train.as_config({"workdir": "/tmp/x", "bogus": 1})
+
+
+# --- End-to-end training on hand-made images ------------------------------------
+
+COLOURS = {"red": (220, 30, 30), "green": (40, 190, 50), "blue": (30, 90, 240),
+           "yellow": (250, 225, 0), "pink": (255, 50, 170)}
+
+
+def _make_records(folder, colours, per_class, class_offset):
+    os.makedirs(folder, exist_ok=True)
+    records = []
+    for class_index, colour in enumerate(colours):
+        for item in range(per_class):
+            pixels = np.full((64, 64, 3), 128, np.uint8)
+            start = 8 + 4 * item
+            pixels[start:start + 28, start:start + 28] = COLOURS[colour]
+            path = os.path.join(folder, f"{colour}_{item}.png")
+            Image.fromarray(pixels).save(path)
+            captions = [f"a {colour} square", f"there is a {colour} block",
+                        f"A {colour.upper()} box on grey"]
+            records.append(ImageRecord(f"{colour}_{item}", path, captions,
+                                       class_offset + class_index))
+    return records
+
+
+def _config(workdir, **overrides):
+    config = dict(workdir=str(workdir), dataset="folder", data_dir=None, image_size=64,
+                  teacher_weights="random", embedding_dim=32, batch_size=8,
+                  learning_rate=1e-3, epochs=100, max_steps=3, log_every=1,
+                  checkpoint_every=2, feature_batch_size=16)
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_images")
+    train = _make_records(str(folder / "train"), ("red", "green", "blue"), 4, 0)
+    test = _make_records(str(folder / "test"), ("yellow", "pink"), 2, 10)
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tiny_data, tmp_path_factory):
+    """Train 3 steps, then rerun the same workdir with max_steps=6."""
+    train, test = tiny_data
+    workdir = tmp_path_factory.mktemp("text_run")
+    first = text_train.train_text_encoder(_config(workdir, max_steps=3), train, test)
+    second = text_train.train_text_encoder(_config(workdir, max_steps=6), train, test)
+    return workdir, first, second
+
+
+def _checkpoint_step(workdir):
+    path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    return int(tf.train.load_checkpoint(path).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_train_stops_at_max_steps(resumed_run):
+    _, first, _ = resumed_run
+    assert first.summary["step"] == 3
+
+
+def test_resume_continues_step_counter(resumed_run):
+    workdir, _, second = resumed_run
+    assert second.summary["step"] == 6
+    assert _checkpoint_step(workdir) == 6
+
+
+def test_resume_restores_optimizer(resumed_run):
+    workdir, _, _ = resumed_run
+    # Adam's iteration counter continues from step 3 instead of restarting at 0.
+    path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    iterations = [name for name in reader.get_variable_to_shape_map()
+                  if name.startswith("optimizer/") and "iteration" in name]
+    assert iterations, "no optimizer iteration counter in the checkpoint"
+    assert int(reader.get_tensor(iterations[0])) == 6
+
+
+def test_resume_equals_uninterrupted_run(resumed_run, tiny_data, tmp_path):
+    _, _, second = resumed_run
+    train, test = tiny_data
+    straight = text_train.train_text_encoder(_config(tmp_path, max_steps=6), train, test)
+    captions = ["a red square", "a pink box", "something else entirely"]
+    np.testing.assert_allclose(second.text_encoder.embed(captions),
+                               straight.text_encoder.embed(captions), rtol=1e-4, atol=1e-5)
+
+
+def test_load_gives_trained_embeddings(resumed_run):
+    workdir, _, second = resumed_run
+    loaded = enc.load_text_encoder(str(workdir))
+    captions = ["a red square", "A GREEN block", "caf\u00e9 \U0001F426", ""]
+    np.testing.assert_allclose(loaded.embed(captions), second.text_encoder.embed(captions),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_load_image_projection_matches(resumed_run):
+    workdir, _, second = resumed_run
+    loaded = text_train.load_image_projection(str(workdir))
+    features = np.random.default_rng(0).normal(size=(2, text_train.IMAGE_FEATURE_DIM))
+    np.testing.assert_allclose(loaded(features).numpy(), second.image_projection(features).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_config_json_records_encoding(resumed_run):
+    workdir, _, _ = resumed_run
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as file:
+        config = json.load(file)
+    assert config["kind"] == "text_encoder"
+    assert config["alphabet"] == enc.ALPHABET
+    assert config["max_length"] == 201
+    assert config["embedding_dim"] == 32
+    assert config["rnn"] == "gru"
+    assert config["image_size"] == 64
+    assert config["teacher_weights"] == "random"
+
+
+def test_eval_file_written(resumed_run):
+    workdir, _, second = resumed_run
+    with open(os.path.join(workdir, "text_eval.json"), encoding="utf-8") as file:
+        result = json.load(file)
+    assert result["num_classes"] == 2
+    assert result["num_images"] == 4
+    assert 0.0 <= result["zero_shot_accuracy"] <= 1.0
+    assert result == second.summary
+
+
+def test_tensorboard_events_written(resumed_run):
+    workdir, _, _ = resumed_run
+    names = os.listdir(os.path.join(workdir, "train"))
+    assert any(name.startswith("events.out.tfevents") for name in names)
+
+
+def test_resume_with_other_rnn_raises(resumed_run, tiny_data):
+    workdir, _, _ = resumed_run
+    with pytest.raises(WorkdirError, match=r"rnn='gru'.*rnn='rnn'"):
+        text_train.train_text_encoder(_config(workdir, max_steps=7, rnn="rnn"), tiny_data[0])
+
+
+def test_resume_with_other_dim_raises(resumed_run, tiny_data):
+    workdir, _, _ = resumed_run
+    with pytest.raises(WorkdirError, match=r"embedding_dim=32.*embedding_dim=64"):
+        text_train.train_text_encoder(_config(workdir, max_steps=7, embedding_dim=64),
+                                      tiny_data[0])
+
+
+def test_load_unfinished_run_raises(tmp_path):
+    config = text_train.workdir_config(text_train.as_config(_config(tmp_path)))
+    open_workdir(str(tmp_path), "text_encoder", config, ())
+    with pytest.raises(WorkdirError, match="did not finish"):
+        enc.load_text_encoder(str(tmp_path))
+
+
+def test_load_wrong_kind_raises(tmp_path):
+    open_workdir(str(tmp_path), "sdn", {"image_size": 64}, ())
+    with pytest.raises(WorkdirError, match=str(tmp_path)):
+        enc.load_text_encoder(str(tmp_path))
+
+
+def test_train_without_dropout(tiny_data, tmp_path):
+    result = text_train.train_text_encoder(_config(tmp_path, max_steps=1, dropout=0.0),
+                                           tiny_data[0])
+    assert result.summary["step"] == 1
+
+
+def _nan_at_call(monkeypatch, bad_call):
+    """Make the training step report a NaN loss on its `bad_call`-th call (1-based)."""
+    real_factory = text_train._make_train_step
+    calls = {"count": 0}
+
+    def factory(*args, **kwargs):
+        real_step = real_factory(*args, **kwargs)
+
+        def step(*step_args):
+            calls["count"] += 1
+            loss, accuracy = real_step(*step_args)
+            if calls["count"] == bad_call:
+                return tf.constant(float("nan")), accuracy
+            return loss, accuracy
+
+        return step
+
+    monkeypatch.setattr(text_train, "_make_train_step", factory)
+
+
+def test_nan_loss_stops_with_step(tiny_data, tmp_path, monkeypatch):
+    _nan_at_call(monkeypatch, 3)
+    with pytest.raises(FloatingPointError, match="nan at step 3"):
+        text_train.train_text_encoder(_config(tmp_path, max_steps=5), tiny_data[0])
+
+
+def test_nan_loss_restore_finishes(tiny_data, tmp_path, monkeypatch):
+    _nan_at_call(monkeypatch, 3)
+    config = _config(tmp_path, max_steps=5, on_nan="restore", checkpoint_every=2)
+    result = text_train.train_text_encoder(config, tiny_data[0])
+    assert result.summary["step"] == 5
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))
+    # Step 3 failed after the step-2 checkpoint, so the data skipped one batch.
+    assert int(reader.get_tensor("data_offset/.ATTRIBUTES/VARIABLE_VALUE")) == 1
+
+
+def test_nan_step_leaves_weights_unchanged():
+    text_model = enc.build_text_encoder(embedding_dim=8)
+    projection = text_train.build_image_projection(8)
+    optimizer = keras.optimizers.Adam(1e-2)
+    optimizer.build(text_model.trainable_variables + projection.trainable_variables)
+    step = text_train._make_train_step(text_model, projection, optimizer, 1.0, jit=False)
+    before = [variable.numpy().copy() for variable in projection.trainable_variables]
+    features = np.full((2, text_train.IMAGE_FEATURE_DIM), np.nan, np.float32)
+    loss, _ = step(enc.captions_to_onehot(["a red box", "a blue box"]), features,
+                   tf.constant([0, 1]))
+    assert not np.isfinite(float(loss))
+    for old, variable in zip(before, projection.trainable_variables):
+        np.testing.assert_array_equal(old, variable.numpy())
+
+
+def test_too_few_pairs_raises(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="batch_size=100"):
+        text_train.train_text_encoder(_config(tmp_path, batch_size=100), tiny_data[0])
+
+
+# --- Command line -------------------------------------------------------------------
+
+
+def _run_cli(*args):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "sdn_tf.cli.train_text", *args],
+                          cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_helpfull_lists_flags():
+    result = _run_cli("--helpfull")
+    assert "Traceback" not in result.stderr
+    for flag in ("--rnn", "--embedding_dim", "--dropout", "--teacher_weights", "--workdir"):
+        assert flag in result.stdout
+
+
+def test_cli_bad_rnn_names_value(tmp_path):
+    result = _run_cli(f"--workdir={tmp_path}", "--rnn=lstm")
+    assert result.returncode != 0
+    assert "lstm" in result.stderr
+    assert "gru" in result.stderr
