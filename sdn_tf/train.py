@@ -284,7 +284,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         if start == 0:
             samples.write(generator, 0)
             # A step-0 checkpoint lets --on_nan=restore recover from an early NaN.
-            manager.save(checkpoint_number=0)
+            workdir_lib.save_checkpoint(manager, 0, config.workdir)
         iterator = iter(dataset)
         window_start = time.perf_counter()
         window_steps = 0
@@ -316,7 +316,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
             if current % config.sample_every == 0 or current == total_steps:
                 samples.write(generator, current)
             if current % config.checkpoint_every == 0 or current == total_steps:
-                path = manager.save(checkpoint_number=current)
+                path = workdir_lib.save_checkpoint(manager, current, config.workdir)
                 logging.info("Saved checkpoint %s.", path)
         writer.flush()
 

@@ -10,8 +10,10 @@ saving still finds the previous checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from typing import Mapping, Sequence
 
@@ -23,6 +25,10 @@ CONFIG_FILE = "config.json"
 
 class WorkdirError(ValueError):
     """A workdir that cannot be used as asked: wrong kind, mismatched settings, unwritable."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written, most often because the disk is full."""
 
 
 def write_json_atomically(path: str, payload: Mapping) -> None:
@@ -106,16 +112,111 @@ def open_workdir(workdir: str, kind: str, config: Mapping, must_match: Sequence[
 
 def checkpoint_manager(checkpoint: tf.train.Checkpoint, workdir: str,
                        max_to_keep: int) -> tf.train.CheckpointManager:
-    return tf.train.CheckpointManager(
-        checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep
-    )
+    """Return a CheckpointManager for `workdir/checkpoints`, repairing an unreadable index.
+
+    TensorFlow raises on an empty `checkpoint` index file and silently ignores
+    one it cannot parse, which would restart a run from step 0. Such an index
+    is rebuilt from the ckpt-N.index files on disk instead, with a warning.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    index_path = os.path.join(directory, "checkpoint")
+    if os.path.isfile(index_path):
+        try:
+            state = tf.train.get_checkpoint_state(directory)
+        except ValueError:
+            state = None
+        if state is None or not state.model_checkpoint_path:
+            _rebuild_index(directory)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+
+
+def _checkpoint_numbers_on_disk(directory: str) -> list[int]:
+    numbers = []
+    for name in os.listdir(directory):
+        match = re.fullmatch(r"ckpt-(\d+)\.index", name)
+        if match:
+            numbers.append(int(match.group(1)))
+    return sorted(numbers)
+
+
+def _rebuild_index(directory: str) -> None:
+    numbers = _checkpoint_numbers_on_disk(directory)
+    index_path = os.path.join(directory, "checkpoint")
+    os.replace(index_path, index_path + ".unreadable")
+    if not numbers:
+        logging.warning("Checkpoint index %s was unreadable and no ckpt-N.index files exist; "
+                        "moved it to %s.unreadable.", index_path, index_path)
+        return
+    # The CheckpointState text format, with names relative to `directory` as
+    # CheckpointManager writes them. CheckpointManager pairs each path with a
+    # timestamp and drops paths that have none, so the file times stand in.
+    names = [f"ckpt-{number}" for number in numbers]
+    lines = [f'model_checkpoint_path: "{names[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
+    lines += [f"all_model_checkpoint_timestamps: "
+              f"{os.path.getmtime(os.path.join(directory, name + '.index'))}" for name in names]
+    temporary = index_path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    os.replace(temporary, index_path)
+    logging.warning("Checkpoint index %s was unreadable; moved it to %s.unreadable and "
+                    "rebuilt it from the checkpoint files %s.", index_path, index_path,
+                    ", ".join(names))
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int, workdir: str) -> str:
+    """Save the checkpoint of `step` and return its path.
+
+    Raises CheckpointWriteError naming the workdir when the write fails, so a
+    run never continues without its checkpoints. TensorFlow reports a full
+    disk (ENOSPC) as ResourceExhaustedError, Python code as OSError.
+    """
+    try:
+        return manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as error:
+        disk_full = (getattr(error, "errno", None) == errno.ENOSPC
+                     or isinstance(error, tf.errors.ResourceExhaustedError))
+        if disk_full:
+            advice = ("disk full. Free space on that disk or move the workdir to a larger one, "
+                      "then rerun the same command")
+        else:
+            advice = f"check that {workdir!r} is still writable, then rerun the same command"
+        raise CheckpointWriteError(
+            f"Could not save the step-{step} checkpoint in workdir {workdir!r} ({error}): "
+            f"{advice}; it resumes from the newest saved checkpoint."
+        ) from error
+
+
+# What a damaged checkpoint raises on restore: a truncated data file raises
+# IndexError ("Read less bytes than requested", TensorFlow 2.21), a damaged
+# .index file a DataLossError or ValueError.
+_RESTORE_ERRORS = (tf.errors.OpError, ValueError, IndexError, OSError)
 
 
 def restore_latest(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint) -> bool:
-    """Restore the newest checkpoint, if any, and return whether one was restored."""
-    latest = manager.latest_checkpoint
-    if latest is None:
-        return False
-    checkpoint.restore(latest).expect_partial()
-    logging.info("Restored checkpoint %s.", latest)
-    return True
+    """Restore the newest readable checkpoint, if any, and return whether one was restored.
+
+    A damaged newest checkpoint (a run killed or a disk failing while it was
+    written) is skipped with a warning and the one before it is restored, so
+    a resumed run repeats at most the steps since that one. When checkpoints
+    exist but none can be read, raises WorkdirError instead of silently
+    starting again from step 0.
+    """
+    failures = []
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).expect_partial()
+        except _RESTORE_ERRORS as error:
+            failures.append(f"{os.path.basename(path)} ({type(error).__name__}: {error})")
+            logging.warning("Could not restore checkpoint %s (%s: %s); trying the one before it.",
+                            path, type(error).__name__, error)
+            continue
+        logging.info("Restored checkpoint %s.", path)
+        return True
+    if failures:
+        raise WorkdirError(
+            f"No checkpoint in {manager.directory!r} can be restored: {'; '.join(failures)}. "
+            f"Delete {manager.directory!r} to restart this run from step 0, or choose a new "
+            "--workdir."
+        )
+    return False
