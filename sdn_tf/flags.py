@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import flags
 
 from sdn_tf.losses import parse_tap_weights
+from sdn_tf.schemes import SCHEMES
 
 FLAGS = flags.FLAGS
 
@@ -91,6 +92,12 @@ def define_sdn_flags() -> None:
                       "1: Stage-I, generator taps matched to teacher taps of the real "
                       "image; 2: Stage-II, teacher taps of the generated image matched "
                       "to those of the real image.")
+    flags.DEFINE_enum("scheme", "sdn", SCHEMES,
+                      "Loss terms to train, as in the SDN ablation: sdn (the --stage "
+                      "loss), image_only, stage1 (Stage-I loss only), stage2 (Stage-II "
+                      "loss only, from scratch), stage1_plus_stage2 (image term and both "
+                      "tap sums from the start) or diverse (the --stage loss with "
+                      "--num_images of 2 or more).")
     flags.DEFINE_string("init_from", None,
                         "Workdir of a finished run whose generator weights start this one "
                         "(Stage-II starts from the Stage-I result).")

@@ -25,8 +25,9 @@ from sdn_tf import workdir as workdir_lib
 from sdn_tf.data import pipeline
 from sdn_tf.data.datasets import load_split
 from sdn_tf.generator import build_generator
-from sdn_tf.losses import parse_tap_weights, stage_terms
+from sdn_tf.losses import parse_tap_weights
 from sdn_tf.model import SDNModel
+from sdn_tf.schemes import check_scheme, record_default_scheme, scheme_terms
 from sdn_tf.teacher import (build_teacher, describe_weights_choice, rgb_to_teacher_space,
                              teacher_space_to_rgb)
 
@@ -34,9 +35,9 @@ KIND = "sdn"
 GENERATOR_WEIGHTS = "generator.weights.h5"
 FINAL_STATE = "final.json"
 # Settings that shape the model, the loss or the data: resuming must not change them.
-MUST_MATCH = ("stage", "image_size", "num_images", "teacher_preset", "teacher_weights",
-              "dataset", "text_embeddings", "text_encoder", "embedding_dim", "tap_weights",
-              "image_weight", "crop")
+MUST_MATCH = ("scheme", "stage", "image_size", "num_images", "teacher_preset",
+              "teacher_weights", "dataset", "text_embeddings", "text_encoder", "embedding_dim",
+              "tap_weights", "image_weight", "crop")
 NUM_SAMPLE_CAPTIONS = 6
 
 
@@ -67,6 +68,7 @@ class SDNConfig:
     tap_weights: str = ""
     image_weight: float = 1.0
     num_images: int = 1
+    scheme: str = "sdn"  # see sdn_tf.schemes
     init_image_bias: bool = False
     on_nan: str = "stop"
     max_nan_restores: int = 3
@@ -215,7 +217,10 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     policy = precision_lib.choose_policy(config.precision, config.jit_compile)
     precision_lib.apply_policy(policy)
     keras.utils.set_random_seed(config.seed)
-    terms = stage_terms(config.stage, parse_tap_weights(config.tap_weights), config.image_weight)
+    check_scheme(config.scheme, config.stage, config.num_images, config.init_from,
+                 config.image_weight)
+    terms = scheme_terms(config.scheme, config.stage, parse_tap_weights(config.tap_weights),
+                         config.image_weight)
     if config.init_from and os.path.abspath(config.init_from) == os.path.abspath(config.workdir):
         raise workdir_lib.WorkdirError("--init_from must name another workdir than --workdir.")
 
@@ -229,6 +234,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
             test_records = None
     train_embeddings = embed_records(config, train_records)
     config.embedding_dim = int(train_embeddings.shape[1])
+    record_default_scheme(config.workdir)
     resuming = workdir_lib.open_workdir(config.workdir, KIND, config.resolved(), MUST_MATCH)
 
     train_images = pipeline.load_images(train_records, config.image_size, config.crop == "bbox")
@@ -265,9 +271,11 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         total_steps = min(total_steps, config.max_steps) if config.epochs else config.max_steps
     start = int(step.numpy())
     logging.info(
-        "Stage-%s training on %d images, %d caption pairs: %d steps per epoch, %d steps in "
-        "total, batch %d, learning rate %g, teacher %s (%s preset), generator %.1fM parameters.",
-        "I" if config.stage == 1 else "II", len(train_records), len(pair_image_index),
+        "Stage-%s training (scheme %s) on %d images, %d caption pairs: %d steps per epoch, "
+        "%d steps in total, batch %d, learning rate %g, teacher %s (%s preset), generator "
+        "%.1fM parameters.",
+        "I" if config.stage == 1 else "II", config.scheme, len(train_records),
+        len(pair_image_index),
         steps_per_epoch, total_steps, config.batch_size, config.learning_rate,
         describe_weights_choice(config.teacher_weights), config.teacher_preset,
         generator.count_params() / 1e6)

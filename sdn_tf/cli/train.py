@@ -11,6 +11,7 @@ Stage-I, then Stage-II from the Stage-I result, on the default shapes data:
 from absl import app
 
 from sdn_tf import flags as sdn_flags
+from sdn_tf.schemes import check_scheme, default_stage
 from sdn_tf.train import SDNConfig, train
 
 FLAGS = sdn_flags.FLAGS
@@ -19,8 +20,12 @@ FLAGS = sdn_flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    # stage1 and stage2 fix their stage, so --stage may be left out for them.
+    stage = int(FLAGS.stage)
+    if not FLAGS["stage"].present:
+        stage = default_stage(FLAGS.scheme, stage)
     config = SDNConfig(
-        workdir=FLAGS.workdir, stage=int(FLAGS.stage), dataset=FLAGS.dataset,
+        workdir=FLAGS.workdir, scheme=FLAGS.scheme, stage=stage, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, image_size=FLAGS.image_size, crop=FLAGS.crop,
         teacher_weights=FLAGS.teacher_weights, teacher_preset=FLAGS.teacher_preset,
         text_encoder=FLAGS.text_encoder, text_embeddings=FLAGS.text_embeddings,
@@ -33,6 +38,11 @@ def main(argv):
         num_images=FLAGS.num_images,
         init_image_bias=FLAGS.init_image_bias, on_nan=FLAGS.on_nan,
         max_nan_restores=FLAGS.max_nan_restores)
+    try:
+        check_scheme(config.scheme, config.stage, config.num_images, config.init_from,
+                     config.image_weight)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     train(config)
 
 
