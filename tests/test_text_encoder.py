@@ -241,7 +241,7 @@ def _config(workdir, **overrides):
     config = dict(workdir=str(workdir), dataset="folder", data_dir=None, image_size=64,
                   teacher_weights="random", embedding_dim=32, batch_size=8,
                   learning_rate=1e-3, epochs=100, max_steps=3, log_every=1,
-                  checkpoint_every=2, feature_batch_size=16)
+                  checkpoint_every=2, feature_batch_size=16, precision="float32")
     config.update(overrides)
     return config
 

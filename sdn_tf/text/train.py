@@ -386,10 +386,14 @@ def total_steps(config: TextTrainConfig, num_pairs: int) -> int:
 
 
 def resolve_precision(precision: str) -> str:
-    """Return the Keras dtype policy name for a --precision value."""
-    # NOTE: "auto" means float32 for now; a shared policy helper (mixed
-    # precision on GPUs and bf16 CPUs) is to replace this.
-    return "float32" if precision == "auto" else precision
+    """Return the Keras dtype policy name for a --precision value.
+
+    "auto" follows `sdn_tf.precision.choose_policy`: mixed precision on GPUs,
+    mixed_bfloat16 on CPUs with bf16 instructions, float32 elsewhere.
+    """
+    from sdn_tf.precision import choose_policy
+
+    return choose_policy(precision).precision
 
 
 def resolve_jit_compile(jit_compile: str) -> bool:
