@@ -12,7 +12,6 @@ import os
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
@@ -52,6 +51,10 @@ def load_model(model_dir: str):
             f"{model_dir!r} holds no SavedModel (saved_model.pb not found). Pass the folder "
             "written by sdn-export."
         )
+    # Imported here so that sdn-generate rejects bad flags without the
+    # seconds TensorFlow takes to import.
+    import tensorflow as tf
+
     model = tf.saved_model.load(model_dir)
     info_path = os.path.join(model_dir, "sdn_export.json")
     info = {}
@@ -63,6 +66,8 @@ def load_model(model_dir: str):
 
 def generate_images(model, captions: Sequence[str]) -> np.ndarray:
     """Return uint8 images [N, n, H, W, 3] for the captions."""
+    import tensorflow as tf
+
     outputs = model.signatures["serving_default"](captions=tf.constant(list(captions), tf.string))
     return outputs["all_images"].numpy()
 

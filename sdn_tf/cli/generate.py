@@ -23,8 +23,20 @@ def main(argv):
         raise app.UsageError("Pass either --captions or --captions_file, not both.")
     captions = list(FLAGS.captions)
     if FLAGS.captions_file:
-        captions = generate.read_captions_file(FLAGS.captions_file)
-    model, info = generate.load_model(FLAGS.model)
+        try:
+            captions = generate.read_captions_file(FLAGS.captions_file)
+        except FileNotFoundError as error:
+            raise app.UsageError(str(error)) from None
+        if not captions:
+            raise app.UsageError(f"--captions_file={FLAGS.captions_file!r} contains no "
+                                 "captions; write one caption per line.")
+    if not captions:
+        raise app.UsageError("No captions given: pass --captions or --captions_file with at "
+                             "least one caption.")
+    try:
+        model, info = generate.load_model(FLAGS.model)
+    except FileNotFoundError as error:
+        raise app.UsageError(str(error)) from None
     generate.check_captions(captions, info.get("max_caption_length",
                                                generate.MAX_CAPTION_LENGTH))
     images = generate.generate_images(model, captions)
