@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from sdn_tf.distribute import STRATEGIES
 from sdn_tf.losses import parse_tap_weights
 from sdn_tf.schemes import SCHEMES
 
@@ -116,6 +117,10 @@ def define_sdn_flags() -> None:
     flags.DEFINE_bool("init_image_bias", False,
                       "Start the generator's output bias at the mean training colour "
                       "instead of zero (the released code's choice); shortens short runs.")
+    flags.DEFINE_enum("strategy", "default", STRATEGIES,
+                      "tf.distribute strategy: default (one device), mirrored (every GPU, or "
+                      "every logical CPU device), multi_worker (MultiWorkerMirroredStrategy, "
+                      "cluster from TF_CONFIG). --batch_size stays the global batch.")
     flags.DEFINE_integer("sample_every", 500, "Write image grids of fixed training and "
                          "held-out captions to TensorBoard every N steps.", lower_bound=1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from sdn_tf.distribute import all_replicas_finite, apply_if, scale_for_replicas
 from sdn_tf.losses import LossTerms, sdn_loss, split_images
 from sdn_tf.teacher import TAP_NAMES, rgb_to_teacher_space
 
@@ -65,14 +66,14 @@ class SDNModel(keras.Model):
         variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             losses = self.compute_losses(images, embeddings, training=True)
-            scaled = self.optimizer.scale_loss(losses["loss"])
+            # Under a tf.distribute strategy the optimizer sums the replicas'
+            # gradients, so each replica's mean loss is divided by their count.
+            scaled = self.optimizer.scale_loss(scale_for_replicas(losses["loss"]))
         gradients = tape.gradient(scaled, variables)
         # A NaN or infinite loss must not reach the weights: skip the update
         # and count the step, so the training loop can stop or restore.
-        finite = tf.math.is_finite(losses["loss"])
-        tf.cond(finite,
-                lambda: self._apply(gradients, variables),
-                lambda: tf.constant(False))
+        finite = all_replicas_finite(losses["loss"])
+        apply_if(finite, self._apply, (gradients, variables))
         self.skipped_steps.update_state(1.0 - tf.cast(finite, tf.float32))
         for name, tracker in self.loss_trackers.items():
             tracker.update_state(tf.where(finite, losses[name], 0.0),

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from sdn_tf import distribute as distribute_lib
 from sdn_tf import precision as precision_lib
 from sdn_tf import workdir as workdir_lib
 from sdn_tf.data import pipeline
@@ -73,6 +74,7 @@ class SDNConfig:
     on_nan: str = "stop"
     max_nan_restores: int = 3
     embedding_dim: int = 0  # filled in from the text embeddings
+    strategy: str = "default"  # see sdn_tf.distribute.STRATEGIES
 
     def resolved(self) -> dict:
         payload = dataclasses.asdict(self)
@@ -214,6 +216,13 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     Records default to the dataset's train and test splits; tests pass small
     hand-made lists.
     """
+    # First, because MultiWorkerMirroredStrategy configures collective ops at startup.
+    strategy = distribute_lib.build_strategy(config.strategy)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(
+            f"--batch_size={config.batch_size} is the global batch and must divide evenly "
+            f"among the {strategy.num_replicas_in_sync} replicas of --strategy="
+            f"{config.strategy}; use a multiple of {strategy.num_replicas_in_sync}.")
     policy = precision_lib.choose_policy(config.precision, config.jit_compile)
     precision_lib.apply_policy(policy)
     keras.utils.set_random_seed(config.seed)
@@ -223,6 +232,9 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
                          config.image_weight)
     if config.init_from and os.path.abspath(config.init_from) == os.path.abspath(config.workdir):
         raise workdir_lib.WorkdirError("--init_from must name another workdir than --workdir.")
+    own_workdir = distribute_lib.worker_workdir(config.workdir, strategy)
+    if own_workdir != config.workdir:
+        config = dataclasses.replace(config, workdir=own_workdir)
 
     if train_records is None:
         train_records = load_split(config.dataset, config.data_dir, "train")
@@ -247,15 +259,17 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         test_embeddings = embed_records(config, sample_records)
         test_records = sample_records
 
-    teacher = build_teacher(config.image_size, config.teacher_weights, config.teacher_preset)
-    generator = build_generator(config.image_size, config.embedding_dim, config.num_images,
-                                seed=config.seed)
-    model = SDNModel(generator, teacher, terms, config.teacher_preset, config.num_images)
-    optimizer = precision_lib.make_optimizer(policy, config.learning_rate)
-    model.optimizer = optimizer
-    optimizer.build(generator.trainable_variables)
+    with strategy.scope():
+        teacher = build_teacher(config.image_size, config.teacher_weights,
+                                config.teacher_preset)
+        generator = build_generator(config.image_size, config.embedding_dim,
+                                    config.num_images, seed=config.seed)
+        model = SDNModel(generator, teacher, terms, config.teacher_preset, config.num_images)
+        optimizer = precision_lib.make_optimizer(policy, config.learning_rate)
+        model.optimizer = optimizer
+        optimizer.build(generator.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(step=step, generator=generator, optimizer=optimizer)
     manager = workdir_lib.checkpoint_manager(checkpoint, config.workdir, config.keep_checkpoints)
     if resuming and workdir_lib.restore_latest(manager, checkpoint):
@@ -282,7 +296,9 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
 
     dataset = pipeline.pair_dataset(train_images, train_embeddings, pair_image_index,
                                     config.batch_size, seed=config.seed, start_step=start)
-    step_fn = tf.function(model.train_step, jit_compile=policy.jit_compile)
+    if config.strategy != "default":
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    step_fn = distribute_lib.distributed_step(strategy, model.train_step, policy.jit_compile)
     samples = _Samples(config, train_records, train_images, train_embeddings,
                        test_records, test_images, test_embeddings)
     writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
@@ -307,7 +323,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
                 # train_step has already refused the update; decide what follows.
                 iterator, current = _recover_from_nan(
                     config, losses, current, nan_restores, manager, checkpoint, step,
-                    train_images, train_embeddings, pair_image_index)
+                    train_images, train_embeddings, pair_image_index, strategy)
                 nan_restores += 1
                 continue
             step.assign(current)
@@ -337,7 +353,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
 
 
 def _recover_from_nan(config, losses, failed_step, restores_so_far, manager, checkpoint, step,
-                      train_images, train_embeddings, pair_image_index):
+                      train_images, train_embeddings, pair_image_index, strategy=None):
     """Stop, or restore the newest checkpoint, after a non-finite loss.
 
     Returns a new batch iterator and the step counter to continue from. The
@@ -365,6 +381,8 @@ def _recover_from_nan(config, losses, failed_step, restores_so_far, manager, che
                     config.max_nan_restores)
     dataset = pipeline.pair_dataset(train_images, train_embeddings, pair_image_index,
                                     config.batch_size, seed=config.seed, start_step=failed_step)
+    if config.strategy != "default":
+        dataset = strategy.experimental_distribute_dataset(dataset)
     return iter(dataset), restored_step
 
 

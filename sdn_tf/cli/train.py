@@ -37,7 +37,7 @@ def main(argv):
         tap_weights=FLAGS.tap_weights, image_weight=FLAGS.image_weight,
         num_images=FLAGS.num_images,
         init_image_bias=FLAGS.init_image_bias, on_nan=FLAGS.on_nan,
-        max_nan_restores=FLAGS.max_nan_restores)
+        max_nan_restores=FLAGS.max_nan_restores, strategy=FLAGS.strategy)
     try:
         check_scheme(config.scheme, config.stage, config.num_images, config.init_from,
                      config.image_weight)
