@@ -8,20 +8,19 @@
 set -euo pipefail
 RUN=${1:-runs/shapes_quickstart}
 TEACHER_WEIGHTS=${TEACHER_WEIGHTS:-random}
-TEXT_STEPS=${TEXT_STEPS:-1500}
-STAGE1_STEPS=${STAGE1_STEPS:-700}
-STAGE2_STEPS=${STAGE2_STEPS:-300}
+TEXT_STEPS=${TEXT_STEPS:-2000}
+STAGE1_STEPS=${STAGE1_STEPS:-1200}
+STAGE2_STEPS=${STAGE2_STEPS:-200}
 COMMON=(--dataset=shapes --image_size=64 --teacher_weights="$TEACHER_WEIGHTS" --log_every=50)
 
 start=$(date +%s)
 sdn-train-text --workdir="$RUN/text" "${COMMON[@]}" --max_steps="$TEXT_STEPS" \
-  --batch_size=64 --learning_rate=1e-3
+  --batch_size=20 --learning_rate=1e-3 --dropout=0
 sdn-train --workdir="$RUN/stage1" --stage=1 --text_encoder="$RUN/text" "${COMMON[@]}" \
-  --max_steps="$STAGE1_STEPS" --learning_rate="${LEARNING_RATE:-1e-3}" --sample_every=250 \
-  --checkpoint_every=250
+  --max_steps="$STAGE1_STEPS" --init_image_bias --sample_every=250 --checkpoint_every=250
 sdn-train --workdir="$RUN/stage2" --stage=2 --init_from="$RUN/stage1" \
   --text_encoder="$RUN/text" "${COMMON[@]}" --max_steps="$STAGE2_STEPS" \
-  --learning_rate="${LEARNING_RATE:-1e-3}" --sample_every=250 --checkpoint_every=250
+  --sample_every=250 --checkpoint_every=250
 sdn-export --workdir="$RUN/stage2" --export_dir="$RUN/export"
 python -m sdn_tf.cli.colour_check --model="$RUN/export" --output_dir="$RUN/generated"
 echo "Main job finished in $(( $(date +%s) - start )) s; images and colour_check.json in $RUN/generated"
