@@ -237,10 +237,12 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         config = dataclasses.replace(config, workdir=own_workdir)
 
     if train_records is None:
-        train_records = load_split(config.dataset, config.data_dir, "train")
+        train_records = load_split(config.dataset, config.data_dir, "train",
+                                   use_embeddings=config.text_embeddings == "pickle")
     if test_records is None:
         try:
-            test_records = load_split(config.dataset, config.data_dir, "test")
+            test_records = load_split(config.dataset, config.data_dir, "test",
+                                      use_embeddings=config.text_embeddings == "pickle")
         except (FileNotFoundError, ValueError) as error:
             logging.warning("No held-out split for samples: %s", error)
             test_records = None

@@ -10,13 +10,15 @@ from sdn_tf.data.records import ImageRecord, SkipReport
 
 
 def load_split(dataset: str, data_dir: Optional[str], split: str,
-               skips: Optional[SkipReport] = None) -> list[ImageRecord]:
+               skips: Optional[SkipReport] = None,
+               use_embeddings: bool = False) -> list[ImageRecord]:
     """Read one split ("train" or "test") of a dataset as ImageRecords.
 
     `shapes` is built on first use (in `data_dir`, or the default cache when
     `data_dir` is None); the other datasets read what the user has on disk.
     A `data_dir` that contains a manifest.json of tools/prepare_dataset.py is read
-    from its TFRecords, as is `dataset="tfrecord"`.
+    from its TFRecords, as is `dataset="tfrecord"`. `use_embeddings` also reads
+    the StackGAN release's char-CNN-RNN-embeddings.pickle (cub and flowers only).
     """
     if split not in ("train", "test"):
         raise ValueError(f"Unknown split {split!r}; use train or test.")
@@ -37,7 +39,13 @@ def load_split(dataset: str, data_dir: Optional[str], split: str,
         from sdn_tf.data import readers
 
         skips = skips if skips is not None else SkipReport()
-        records = readers.read_dataset(dataset, data_dir, split, skips=skips)
+        options = {"use_embeddings": True} if use_embeddings else {}
+        if use_embeddings and dataset not in ("cub", "flowers"):
+            raise ValueError(
+                f"--text_embeddings=pickle needs precomputed caption embeddings, which only "
+                f"the cub and flowers layouts provide, not --dataset={dataset}. Use "
+                "--text_embeddings=encoder with --text_encoder=WORKDIR.")
+        records = readers.read_dataset(dataset, data_dir, split, skips=skips, **options)
         if len(skips):
             logging.warning("Skipped %d items of %s/%s: %s", len(skips), dataset, split,
                             skips.reasons())
