@@ -49,6 +49,10 @@ SPLITS = ("train", "test")
 INCEPTION_SPLITS = 10  # as in the SDN, StackGAN and AttnGAN evaluations
 # Xu et al. (AttnGAN, CVPR 2018) rank the true caption among itself and 99 mismatched ones.
 R_PRECISION_MISMATCHED = 99
+# Largest relative difference tolerated between the teacher features of a
+# real image now and when the text encoder was trained: float32 round-off
+# from other batch sizes stays far below it, and another teacher far above.
+FEATURE_TOLERANCE = 1e-3
 METRICS_JSON = "metrics.json"
 METRICS_MARKDOWN = "metrics.md"
 RETRIEVAL_FIGURE = "retrieval.png"
@@ -208,7 +212,7 @@ def inception_metrics(generated: np.ndarray, real: np.ndarray, scorer, splits: i
     {"skipped": reason} when it cannot be computed.
     """
     results = {}
-    probs, generated_features = scorer.predict(generated)
+    probs, generated_features = _predict_logged(scorer, generated)
     if want_is:
         if len(generated) < splits:
             results["is"] = {"skipped": f"the Inception score needs at least {splits} images "
@@ -224,6 +228,21 @@ def inception_metrics(generated: np.ndarray, real: np.ndarray, scorer, splits: i
     return results
 
 
+def _predict_logged(scorer, images: np.ndarray, chunk: int = 256):
+    """Run scorer.predict in chunks, logging images/s; return (probs, features or None)."""
+    probs, features = [], []
+    start_time = time.perf_counter()
+    for start in range(0, len(images), chunk):
+        chunk_probs, chunk_features = scorer.predict(images[start:start + chunk])
+        probs.append(chunk_probs)
+        if chunk_features is not None:
+            features.append(chunk_features)
+        done = min(start + chunk, len(images))
+        logging.info("Inception-v3: %d/%d images (%.1f images/s).", done, len(images),
+                     done / max(time.perf_counter() - start_time, 1e-9))
+    return np.concatenate(probs), (np.concatenate(features) if features else None)
+
+
 def _fid(generated_features, real, scorer) -> dict:
     if generated_features is None:
         return {"skipped": "the TF-Hub classifier has no pool features; pass "
@@ -231,7 +250,7 @@ def _fid(generated_features, real, scorer) -> dict:
     if len(generated_features) < 2 or len(real) < 2:
         return {"skipped": f"FID needs at least 2 generated and 2 real images, got "
                            f"{len(generated_features)} and {len(real)}"}
-    real_features = scorer.pool_features(real)
+    real_features = _predict_logged(scorer, real)[1]
     value = frechet_distance(*feature_statistics(real_features),
                              *feature_statistics(generated_features))
     logging.info("FID %.3f between %d generated and %d real images.", value,
@@ -438,16 +457,47 @@ class _Teachers:
         return self._built[key]
 
 
+def _cached_feature_difference(text_encoder_dir: str, split: str, records,
+                               features: np.ndarray) -> dict:
+    """Compare real images' teacher features with those cached by the text encoder run.
+
+    sdn-train-text stores the features it trained the projection on in
+    `image_features/<split>.npz`. Returns the number of images found there by
+    name and the largest absolute difference relative to the largest cached value.
+    """
+    from sdn_tf.text.train import FEATURE_CACHE_DIR
+
+    path = os.path.join(text_encoder_dir, FEATURE_CACHE_DIR, f"{split}.npz")
+    if not os.path.isfile(path):
+        return {"compared_images": 0, "reason": f"{path} not found"}
+    with np.load(path, allow_pickle=False) as cache:
+        cached = dict(zip((str(name) for name in cache["names"]), cache["features"]))
+    rows = [row for row, record in enumerate(records) if record.name in cached]
+    if not rows:
+        return {"compared_images": 0, "reason": f"no evaluated image is listed in {path}"}
+    expected = np.stack([cached[records[row].name] for row in rows])
+    scale = max(float(np.abs(expected).max()), 1e-12)
+    difference = float(np.abs(features[rows] - expected).max()) / scale
+    return {"compared_images": len(rows), "max_relative_difference": difference}
+
+
 def encoder_r_precision(text_encoder_dir: Optional[str], generated: np.ndarray,
                         real: np.ndarray, items: CaptionItems, records, teachers: _Teachers,
-                        num_mismatched: int, splits: int, batch_size: int, seed: int) -> dict:
+                        num_mismatched: int, splits: int, batch_size: int, seed: int,
+                        dataset: str = "", split: str = "test", crop: str = "none") -> dict:
     """Return R-precision of the generated images (and of the real ones, for reference).
 
     Images are embedded as in sdn-train-text: spatial means of the teacher's
     pool1..pool5 at the text encoder run's image size, then its learned
     projection. The caption pool is every caption of `records`, the images
-    whose captions are evaluated. Returns {"skipped": reason} when the encoder
-    run lacks what is needed or the records have fewer than two classes.
+    whose captions are evaluated.
+
+    A teacher that changed since the encoder was trained (other weights,
+    other random initialisation) makes the projection meaningless. So when
+    the encoder was trained on the same dataset, crop and image size, the
+    real images' features are first compared with those it was trained on.
+    Returns {"skipped": reason} when that check fails, when the encoder run
+    lacks what is needed, or when the records have fewer than two classes.
     """
     if len({record.class_id for record in records}) < 2:
         return {"skipped": "R-precision needs captions of at least two classes as "
@@ -478,19 +528,38 @@ def encoder_r_precision(text_encoder_dir: Optional[str], generated: np.ndarray,
     caption_embeddings = text_encoder.embed(pool_captions)
     pool_classes = np.asarray(pool_classes)
 
-    def embed_images(images):
-        features = compute_image_features(_resize_images(images, size), teacher, preset,
-                                          batch_size)
+    def features_of(images):
+        return compute_image_features(_resize_images(images, size), teacher, preset,
+                                      batch_size)
+
+    def embed(features):
         return np.asarray(projection(features, training=False))
+
+    real_features = features_of(real)
+    feature_check = {"compared_images": 0, "reason": "the text encoder was trained on "
+                                                     "another dataset, crop or image size"}
+    if (text_config.get("dataset") == dataset and text_config.get("crop", "none") == crop
+            and size == real.shape[1]):
+        feature_check = _cached_feature_difference(text_encoder_dir, split, records,
+                                                   real_features)
+    if feature_check.get("max_relative_difference", 0.0) > FEATURE_TOLERANCE:
+        return {"skipped": (
+            f"the teacher gives features that differ from those the text encoder in "
+            f"{text_encoder_dir} was trained on (relative difference "
+            f"{feature_check['max_relative_difference']:.3g} over "
+            f"{feature_check['compared_images']} real images), so its image projection does "
+            "not fit this teacher; retrain the text encoder with the current teacher"),
+            "feature_check": feature_check}
 
     per_caption = generated.shape[1]
     flat = generated.reshape((-1,) + generated.shape[2:])
-    generated_embeddings = embed_images(flat)
+    generated_embeddings = embed(features_of(flat))
     result = r_precision(generated_embeddings, caption_embeddings, pool_classes,
                          np.repeat(true_caption, per_caption), num_mismatched, splits, seed)
-    real_embeddings = embed_images(real)[items.record_index]
+    real_embeddings = embed(real_features)[items.record_index]
     result["real_images"] = r_precision(real_embeddings, caption_embeddings, pool_classes,
                                         true_caption, num_mismatched, splits, seed)
+    result["feature_check"] = feature_check
     result["text_encoder"] = os.path.abspath(text_encoder_dir)
     result["image_embedding"] = (
         f"teacher ({preset}, weights {weights}) pool1..pool5 spatial means at {size}x{size}, "
@@ -555,6 +624,13 @@ def evaluate(config: EvalConfig, records=None, train_records=None) -> dict:
     keras.mixed_precision.set_global_policy("float32")
 
     model, info = load_model(config.model_dir)
+    # Inception-v3 is built before the long generation step, so a failed
+    # weights download stops the run at once.
+    scorer = None
+    if {"is", "fid"} - set(config.skip):
+        started = time.perf_counter()
+        scorer = _build_scorer(config)
+        timings["inception_build"] = time.perf_counter() - started
     training = _training_config(info)
     crop = config.crop or training.get("crop", "none")
     if records is None:
@@ -581,8 +657,8 @@ def evaluate(config: EvalConfig, records=None, train_records=None) -> dict:
     used_items = dataclasses.replace(items, record_index=item_rows.astype(np.int64))
 
     teachers = _Teachers()
-    metrics = _compute_metrics(config, info, generated, real, used_items, used_records,
-                               teachers, timings)
+    metrics = _compute_metrics(config, info, scorer, generated, real, used_items,
+                               used_records, teachers, crop, timings)
     results = {
         "dataset": config.dataset,
         "split": config.split,
@@ -611,15 +687,15 @@ def evaluate(config: EvalConfig, records=None, train_records=None) -> dict:
     return results
 
 
-def _compute_metrics(config: EvalConfig, info: dict, generated: np.ndarray, real: np.ndarray,
-                     items: CaptionItems, records, teachers: _Teachers, timings: dict) -> dict:
+def _compute_metrics(config: EvalConfig, info: dict, scorer, generated: np.ndarray,
+                     real: np.ndarray, items: CaptionItems, records, teachers: _Teachers,
+                     crop: str, timings: dict) -> dict:
     """Return the "metrics" entry of metrics.json, adding each metric's seconds to `timings`."""
     skip = set(config.skip)
     flat_generated = generated.reshape((-1,) + generated.shape[2:])
     metrics = {}
     if {"is", "fid"} - skip:
         started = time.perf_counter()
-        scorer = _build_scorer(config)
         metrics.update(inception_metrics(flat_generated, real, scorer, config.splits,
                                          "is" not in skip, "fid" not in skip))
         timings["inception"] = time.perf_counter() - started
@@ -635,7 +711,8 @@ def _compute_metrics(config: EvalConfig, info: dict, generated: np.ndarray, real
         started = time.perf_counter()
         metrics["r_precision"] = encoder_r_precision(
             info.get("text_encoder"), generated, real, items, records, teachers,
-            config.r_precision_mismatched, config.splits, config.batch_size, config.seed)
+            config.r_precision_mismatched, config.splits, config.batch_size, config.seed,
+            config.dataset, config.split, crop)
         timings["r_precision"] = time.perf_counter() - started
 
     if "colour" not in skip:
@@ -669,8 +746,13 @@ def _build_scorer(config: EvalConfig):
     weights = None if config.inception_weights == "random" else config.inception_weights
     logging.info("Building Inception-v3 (%s).", describe_inception_weights(
         config.inception_weights))
-    return InceptionScorer(weights, batch_size=config.batch_size,
-                           hub_features=config.inception_hub_features)
+    try:
+        return InceptionScorer(weights, batch_size=config.batch_size,
+                               hub_features=config.inception_hub_features)
+    except RuntimeError as error:  # InceptionScorer's error for a failed ImageNet download
+        raise RuntimeError(
+            f"{error}. With sdn-eval, pass --inception_weights=PATH (a Keras InceptionV3 "
+            "weights file or a TF-Hub SavedModel folder), or --skip=is,fid.") from error
 
 
 def _settings(config: EvalConfig, image_size: int, crop: str) -> dict:
@@ -793,9 +875,12 @@ def _settings_lines(results: dict) -> list:
         f"of {results['num_real_images']} {results['split']} images "
         f"({results['images_per_caption']} per caption) at {size}x{size}. Real images are "
         f"{settings['real_images']}. SSIM and FSIM compare {settings['pairs']}.",
-        f"Inception-v3: {settings['inception']['weights']}, {settings['inception']['splits']} "
-        "splits. FID uses the distinct real images as the reference set.",
     ]
+    if any("skipped" not in results["metrics"].get(name, {"skipped": ""})
+           for name in ("is", "fid")):
+        lines.append(f"Inception-v3: {settings['inception']['weights']}, "
+                     f"{settings['inception']['splits']} splits. FID uses the distinct real "
+                     "images as the reference set.")
     r_precision_metric = results["metrics"].get("r_precision") or {}
     if "value" in r_precision_metric:
         lines.append(

@@ -105,8 +105,10 @@ def draw_retrieval_figure(query_images: np.ndarray, gallery_images: np.ndarray,
                           min_cell: int = MIN_CELL) -> Image.Image:
     """Draw one row per query: the generated image, then its nearest gallery images.
 
-    Each neighbour is labelled with its rank, similarity and gallery index;
-    the query is labelled "generated" and the start of its caption. Images
+    Each neighbour is labelled with its rank, its similarity to 4 decimals
+    (teacher features are non-negative after ReLU, so cosines of unrelated
+    images are often above 0.99) and its gallery index. The query is
+    labelled "generated" and the start of its caption. Images
     smaller than `min_cell` pixels are enlarged with nearest-neighbour
     sampling so that pixels stay visible.
     """
@@ -134,7 +136,7 @@ def draw_retrieval_figure(query_images: np.ndarray, gallery_images: np.ndarray,
             index = int(indices[row, rank])
             sheet.paste(_enlarge(gallery_images[index], cell), (left, top))
             draw.text((left + 2, top + cell + 1),
-                      f"#{rank + 1} cos {similarities[row, rank]:.3f}\ntrain {index}",
+                      f"#{rank + 1} cos {similarities[row, rank]:.4f}\ntrain {index}",
                       fill="black", font=font)
     return sheet
 

@@ -204,6 +204,13 @@ def test_markdown_skipped_metric_explained():
     assert "SDN paper" not in text
 
 
+def test_markdown_without_inception_line():
+    metrics = dict(FULL_METRICS, fid={"skipped": "skipped with --skip"},
+                   **{"is": {"skipped": "skipped with --skip"}})
+    text = evaluate_lib.format_markdown(results_for("shapes", metrics))
+    assert "Inception-v3:" not in text
+
+
 # --- Retrieval -----------------------------------------------------------------------
 
 
@@ -364,6 +371,37 @@ def test_r_precision_skipped_without_projection(tiny_model, tmp_path):
         items, records, evaluate_lib._Teachers(), 99, 10, 8, 0)
     assert "skipped" in result
     assert PROJECTION_WEIGHTS_FILE in result["skipped"]
+
+
+@pytest.mark.slow
+def test_run_checks_teacher_features(evaluation):
+    _, results = evaluation
+    check = results["metrics"]["r_precision"]["feature_check"]
+    assert check["compared_images"] == 8
+    assert check["max_relative_difference"] < evaluate_lib.FEATURE_TOLERANCE
+
+
+@pytest.mark.slow
+def test_r_precision_skipped_for_other_teacher(tiny_model, tmp_path):
+    from sdn_tf.data.pipeline import load_images
+    from sdn_tf.text.train import FEATURE_CACHE_DIR
+
+    # A text encoder whose cached features are twice the current teacher's
+    # stands for one trained against another teacher.
+    text_dir = tmp_path / "text"
+    shutil.copytree(tiny_model["text"], text_dir)
+    cache_path = text_dir / FEATURE_CACHE_DIR / "test.npz"
+    with np.load(cache_path) as cache:
+        names, features = cache["names"], cache["features"]
+    np.savez(cache_path, names=names, features=features * 2.0)
+    records = tiny_model["test"]
+    items = evaluate_lib.select_captions(records, max_captions=16)
+    real = load_images(records, 64)
+    result = evaluate_lib.encoder_r_precision(
+        str(text_dir), np.zeros((16, 1, 64, 64, 3), np.uint8), real, items, records,
+        evaluate_lib._Teachers(), 99, 10, 8, 0, dataset="shapes", split="test", crop="none")
+    assert "differ from those the text encoder" in result["skipped"]
+    assert result["feature_check"]["compared_images"] == 8
 
 
 @pytest.mark.slow

@@ -1,16 +1,21 @@
 """The human rank kit: server on 127.0.0.1, answers CSV, summary, and a real browser session.
 
-The browser test drives Debian's chromium and chromedriver through selenium;
-it is skipped when any of them is missing.
+The browser test drives Debian's headless Chromium over the DevTools
+protocol; it is skipped when chromium is not installed.
 """
 
+import base64
 import csv
+import fcntl
+import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +27,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVE = os.path.join(REPO_ROOT, "tools", "human_rank", "serve.py")
 SUMMARISE = os.path.join(REPO_ROOT, "tools", "human_rank", "summarise.py")
 CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
 HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync")
@@ -296,79 +300,163 @@ def test_summary_rejects_other_csv(tmp_path):
 # --- Real browser ----------------------------------------------------------------
 
 
-def browser():
-    webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe.
 
-    if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("chromium or chromedriver is not installed "
-                    "(apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in HEADLESS_FLAGS:
-        options.add_argument(flag)
-    options.add_argument("--user-data-dir=" + tempfile.mkdtemp(prefix="chromium-"))
-    # An explicit driver path keeps Selenium Manager from looking for drivers online.
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    With --remote-debugging-pipe, Chromium reads commands from file
+    descriptor 3 and writes replies and events to descriptor 4, each message
+    a JSON object followed by a NUL byte. Only the standard library is needed.
+    """
+
+    def __init__(self, timeout=30.0):
+        self.timeout = timeout
+        to_browser_read, self.to_browser = os.pipe()
+        self.from_browser, from_browser_write = os.pipe()
+
+        def place_pipes():
+            # Duplicate above 4 first, so that moving one pipe to 3 or 4
+            # cannot overwrite the other.
+            read_end = fcntl.fcntl(to_browser_read, fcntl.F_DUPFD, 10)
+            write_end = fcntl.fcntl(from_browser_write, fcntl.F_DUPFD, 10)
+            os.dup2(read_end, 3)
+            os.dup2(write_end, 4)
+
+        self.profile = tempfile.mkdtemp(prefix="chromium-")
+        self.process = subprocess.Popen(
+            [CHROMIUM, *HEADLESS_FLAGS, "--remote-debugging-pipe",
+             f"--user-data-dir={self.profile}", "--window-size=1000,800", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=False,
+            preexec_fn=place_pipes)
+        os.close(to_browser_read)
+        os.close(from_browser_write)
+        self.buffer = b""
+        self.next_id = 0
+        self.events = []
+        target = self.command("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.command("Target.attachToTarget",
+                                    {"targetId": target, "flatten": True})["sessionId"]
+        self.command("Page.enable", session=True)
+
+    def _read_message(self, deadline):
+        while b"\0" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.from_browser], [], [], remaining)[0]:
+                raise TimeoutError("Chromium sent no DevTools message in time")
+            chunk = os.read(self.from_browser, 1 << 16)
+            if not chunk:
+                raise ConnectionError("Chromium closed its DevTools pipe")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def command(self, method, params=None, session=False):
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self.to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method} failed: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_for_load(self):
+        """Wait for the next Page.loadEventFired, including one that already arrived."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for index, event in enumerate(self.events):
+                if event.get("method") == "Page.loadEventFired":
+                    del self.events[: index + 1]
+                    return
+            self.events.append(self._read_message(deadline))
+
+    def navigate(self, url):
+        self.events.clear()
+        self.command("Page.navigate", {"url": url}, session=True)
+        self.wait_for_load()
+
+    def evaluate(self, expression):
+        result = self.command("Runtime.evaluate", {"expression": expression,
+                                                   "returnByValue": True,
+                                                   "awaitPromise": True}, session=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def click_and_wait(self, element_id):
+        """Click a submit button and wait until the page it leads to has loaded."""
+        self.events.clear()
+        self.evaluate(f"document.getElementById({json.dumps(element_id)}).click()")
+        self.wait_for_load()
+
+    def screenshot(self, path):
+        data = self.command("Page.captureScreenshot", session=True)["data"]
+        with open(path, "wb") as file:
+            file.write(base64.b64decode(data))
+
+    def close(self):
+        try:
+            self.command("Browser.close")
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.to_browser)
+        os.close(self.from_browser)
+        shutil.rmtree(self.profile, ignore_errors=True)
 
 
+# Resolves to the [R, G, B] of a pixel of image `slot` once the image has loaded.
 PIXEL_SCRIPT = """
-const image = arguments[0];
-const canvas = document.createElement('canvas');
-canvas.width = image.naturalWidth;
-canvas.height = image.naturalHeight;
-const context = canvas.getContext('2d');
-context.drawImage(image, 0, 0);
-return Array.from(context.getImageData(2, 2, 1, 1).data.slice(0, 3));
+new Promise((resolve, reject) => {
+  const image = document.getElementById('image_%d');
+  const read = () => {
+    const canvas = document.createElement('canvas');
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+    const context = canvas.getContext('2d');
+    context.drawImage(image, 0, 0);
+    resolve(Array.from(context.getImageData(2, 2, 1, 1).data.slice(0, 3)));
+  };
+  if (image.complete && image.naturalWidth > 0) { read(); }
+  else { image.onload = read; image.onerror = () => reject('image failed to load'); }
+})
 """
 
 
-def click_and_wait(driver, element_id):
-    """Click a submit button and wait until the next page has replaced this one."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+def select_rank(browser, name, rank):
+    browser.evaluate(f"document.querySelector('select[name={name}]').value = '{rank}'")
 
 
-def shown_colour(driver, slot):
-    """Return the RGB colour of the image in `slot`, read back from the page once it loaded."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    image = driver.find_element(By.ID, f"image_{slot}")
-    WebDriverWait(driver, 20).until(lambda _: driver.execute_script(
-        "return arguments[0].complete && arguments[0].naturalWidth > 0", image))
-    return tuple(driver.execute_script(PIXEL_SCRIPT, image))
-
-
-def test_browser_ranking_decodes(server):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
-    driver = browser()
+def test_browser_ranking_decodes(server, tmp_path):
+    if not CHROMIUM:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    browser = Chromium()
     try:
-        driver.get(server.url)
-        driver.find_element(By.ID, "rater").send_keys("rater7")
-        click_and_wait(driver, "start")
+        browser.navigate(server.url)
+        browser.evaluate("document.getElementById('rater').value = 'rater7'")
+        browser.click_and_wait("start")
+        browser.screenshot(tmp_path / "first_caption.png")
         for _ in range(2):
             # Rank by what the page shows: red best in quality, blue best in correlation.
-            colours = [shown_colour(driver, slot) for slot in range(2)]
+            colours = [tuple(browser.evaluate(PIXEL_SCRIPT % slot)) for slot in range(2)]
             assert sorted(colours) == sorted([RED, BLUE])
             for slot, colour in enumerate(colours):
-                Select(driver.find_element(By.NAME, f"quality_{slot}")).select_by_value(
-                    "1" if colour == RED else "2")
-                Select(driver.find_element(By.NAME, f"correlation_{slot}")).select_by_value(
-                    "1" if colour == BLUE else "2")
-            click_and_wait(driver, "submit")
-        assert "all 2 captions" in driver.find_element(By.ID, "done").text
+                select_rank(browser, f"quality_{slot}", 1 if colour == RED else 2)
+                select_rank(browser, f"correlation_{slot}", 1 if colour == BLUE else 2)
+            browser.click_and_wait("submit")
+        done_text = browser.evaluate("document.getElementById('done').textContent")
     finally:
-        driver.quit()
+        browser.close()
 
+    assert "all 2 captions" in done_text
     rows = read_rows(server.out)
     assert len(rows) == 4
     for row in rows:
