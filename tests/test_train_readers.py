@@ -85,3 +85,36 @@ def test_flowers_folder_trains(tmp_path, shared_data):
     losses = train(tiny_config(tmp_path / "run", dataset="folder", data_dir=str(folder),
                                text_embeddings="pickle"), with_embeddings, with_embeddings[:2])
     assert np.isfinite(losses["loss"])
+
+
+def test_flowers_layout_trains(tmp_path, shared_data):
+    """Two steps on real Oxford-102 photographs in the StackGAN flowers layout."""
+    rows = (shared_data / "flowers102" / "imagelabels.csv").read_text().splitlines()[1:]
+    by_class = {}
+    for row in rows:
+        image, label, _ = row.split(",", 2)
+        by_class.setdefault(int(label), []).append(image)
+    labels = sorted(by_class)[:2]
+    root = tmp_path / "flowers"
+    os.makedirs(root / "jpg")
+    rng = np.random.default_rng(2)
+    for split, label in (("train", labels[0]), ("test", labels[1])):
+        images = by_class[label][:4]
+        os.makedirs(root / split)
+        with open(root / split / "filenames.pickle", "wb") as file:
+            pickle.dump([f"jpg/{image}" for image in images], file, protocol=2)
+        with open(root / split / "class_info.pickle", "wb") as file:
+            pickle.dump([label] * len(images), file, protocol=2)
+        with open(root / split / "char-CNN-RNN-embeddings.pickle", "wb") as file:
+            pickle.dump(rng.normal(size=(len(images), 10, 1024)).astype(np.float32), file,
+                        protocol=2)
+        for image in images:
+            os.symlink(shared_data / "flowers102" / "jpg" / f"{image}.jpg",
+                       root / "jpg" / f"{image}.jpg")
+            caption_path = root / "text_c10" / f"class_{label:05d}" / f"{image}.txt"
+            os.makedirs(caption_path.parent, exist_ok=True)
+            caption_path.write_text("\n".join(f"flower caption {k}" for k in range(10)) + "\n")
+    losses = train(tiny_config(tmp_path / "run", dataset="flowers", data_dir=str(root),
+                               text_embeddings="pickle"))
+    assert np.isfinite(losses["loss"])
+    assert (tmp_path / "run" / GENERATOR_WEIGHTS).is_file()
