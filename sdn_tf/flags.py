@@ -37,6 +37,12 @@ def define_data_flags() -> None:
     flags.register_validator(
         "image_size", _is_multiple_of_32_in_range,
         message="--image_size must be a multiple of 32 from 64 to 224 (64, 96, 128, ..., 224).")
+    flags.DEFINE_list("train_classes", [],
+                      "Oxford-102 only: training classes (numbers or class_000LL names, "
+                      "comma-separated) when the data has no filenames.pickle split.")
+    flags.DEFINE_list("test_classes", [],
+                      "Oxford-102 only: test classes, as for --train_classes; with only one "
+                      "of the two, the other split takes the remaining classes.")
     flags.DEFINE_enum("crop", "none", ("none", "bbox"),
                       "none: resize the whole image as SDN does; bbox: crop CUB to 1.5x "
                       "its bounding box first, as StackGAN does.")

@@ -50,6 +50,8 @@ class SDNConfig:
     data_dir: Optional[str] = None
     image_size: int = 64
     crop: str = "none"
+    train_classes: tuple = ()
+    test_classes: tuple = ()
     teacher_weights: str = "imagenet"
     teacher_preset: str = "released_code"
     text_encoder: Optional[str] = None
@@ -84,6 +86,10 @@ class SDNConfig:
         if payload["teacher_weights"] not in ("imagenet", "random"):
             payload["teacher_weights"] = describe_weights_choice(payload["teacher_weights"])
         return payload
+
+
+def _class_lists(config) -> dict:
+    return {"train_classes": list(config.train_classes), "test_classes": list(config.test_classes)}
 
 
 def embed_records(config: SDNConfig, records) -> np.ndarray:
@@ -238,11 +244,13 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
 
     if train_records is None:
         train_records = load_split(config.dataset, config.data_dir, "train",
-                                   use_embeddings=config.text_embeddings == "pickle")
+                                   use_embeddings=config.text_embeddings == "pickle",
+                                   class_lists=_class_lists(config))
     if test_records is None:
         try:
             test_records = load_split(config.dataset, config.data_dir, "test",
-                                      use_embeddings=config.text_embeddings == "pickle")
+                                      use_embeddings=config.text_embeddings == "pickle",
+                                      class_lists=_class_lists(config))
         except (FileNotFoundError, ValueError) as error:
             logging.warning("No held-out split for samples: %s", error)
             test_records = None

@@ -118,3 +118,37 @@ def test_flowers_layout_trains(tmp_path, shared_data):
                                text_embeddings="pickle"))
     assert np.isfinite(losses["loss"])
     assert (tmp_path / "run" / GENERATOR_WEIGHTS).is_file()
+
+
+def test_flowers_split_from_class_flags(tmp_path, shared_data):
+    from sdn_tf.data.datasets import load_split
+
+    rows = (shared_data / "flowers102" / "imagelabels.csv").read_text().splitlines()[1:]
+    root = tmp_path / "flowers"
+    os.makedirs(root / "jpg")
+    per_class = {}
+    for row in rows:
+        per_class.setdefault(row.split(",")[1], []).append(row)
+    chosen = [row for label in sorted(per_class)[:3] for row in per_class[label][:10]]
+    labels = {}
+    for row in chosen:
+        image, label, _ = row.split(",", 2)
+        labels[image] = int(label)
+        os.symlink(shared_data / "flowers102" / "jpg" / f"{image}.jpg", root / "jpg" / f"{image}.jpg")
+        caption_path = root / "text_c10" / f"class_{int(label):05d}" / f"{image}.txt"
+        os.makedirs(caption_path.parent, exist_ok=True)
+        caption_path.write_text("a flower\n")
+    train_class, *others = sorted(set(labels.values()))
+    classes = {"train_classes": [str(train_class)], "test_classes": []}
+    train_records = load_split("flowers", str(root), "train", class_lists=classes)
+    test_records = load_split("flowers", str(root), "test", class_lists=classes)
+    assert {r.class_id for r in train_records} == {train_class}
+    assert {r.class_id for r in test_records} == set(others)
+    assert len(train_records) + len(test_records) == 30
+
+
+def test_class_flags_rejected_for_cub(tmp_path):
+    from sdn_tf.data.datasets import load_split
+
+    with pytest.raises(ValueError, match="--dataset=cub"):
+        load_split("cub", str(tmp_path), "train", class_lists={"train_classes": ["1"]})

@@ -27,6 +27,7 @@ def main(argv):
     config = SDNConfig(
         workdir=FLAGS.workdir, scheme=FLAGS.scheme, stage=stage, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, image_size=FLAGS.image_size, crop=FLAGS.crop,
+        train_classes=tuple(FLAGS.train_classes), test_classes=tuple(FLAGS.test_classes),
         teacher_weights=FLAGS.teacher_weights, teacher_preset=FLAGS.teacher_preset,
         text_encoder=FLAGS.text_encoder, text_embeddings=FLAGS.text_embeddings,
         init_from=FLAGS.init_from, batch_size=FLAGS.batch_size,

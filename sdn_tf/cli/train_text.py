@@ -44,17 +44,15 @@ def main(argv):
     config = TextTrainConfig(
         workdir=FLAGS.workdir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
         image_size=FLAGS.image_size, crop=FLAGS.crop, teacher_weights=FLAGS.teacher_weights,
+        train_classes=tuple(FLAGS.train_classes), test_classes=tuple(FLAGS.test_classes),
         teacher_preset=FLAGS.teacher_preset, embedding_dim=FLAGS.embedding_dim, rnn=FLAGS.rnn,
         dropout=FLAGS.dropout, margin=FLAGS.margin, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs, max_steps=FLAGS.max_steps,
         log_every=FLAGS.log_every, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, feature_batch_size=FLAGS.feature_batch_size)
-    # NOTE: --on_nan and --max_nan_restores are newer run flags; older
-    # versions of sdn_tf.flags lack them, and then the defaults apply.
-    if "on_nan" in FLAGS:
-        config.on_nan = FLAGS.on_nan
-        config.max_nan_restores = FLAGS.max_nan_restores
+    config.on_nan = FLAGS.on_nan
+    config.max_nan_restores = FLAGS.max_nan_restores
     train_text_encoder(config)
 
 

@@ -11,7 +11,8 @@ from sdn_tf.data.records import ImageRecord, SkipReport
 
 def load_split(dataset: str, data_dir: Optional[str], split: str,
                skips: Optional[SkipReport] = None,
-               use_embeddings: bool = False) -> list[ImageRecord]:
+               use_embeddings: bool = False,
+               class_lists: Optional[dict] = None) -> list[ImageRecord]:
     """Read one split ("train" or "test") of a dataset as ImageRecords.
 
     `shapes` is built on first use (in `data_dir`, or the default cache when
@@ -19,6 +20,8 @@ def load_split(dataset: str, data_dir: Optional[str], split: str,
     A `data_dir` that contains a manifest.json of tools/prepare_dataset.py is read
     from its TFRecords, as is `dataset="tfrecord"`. `use_embeddings` also reads
     the StackGAN release's char-CNN-RNN-embeddings.pickle (cub and flowers only).
+    `class_lists` ({"train_classes": [...], "test_classes": [...]}) splits
+    Oxford-102 by class when it has no filenames.pickle.
     """
     if split not in ("train", "test"):
         raise ValueError(f"Unknown split {split!r}; use train or test.")
@@ -45,6 +48,12 @@ def load_split(dataset: str, data_dir: Optional[str], split: str,
                 f"--text_embeddings=pickle needs precomputed caption embeddings, which only "
                 f"the cub and flowers layouts provide, not --dataset={dataset}. Use "
                 "--text_embeddings=encoder with --text_encoder=WORKDIR.")
+        class_lists = {key: list(value) for key, value in (class_lists or {}).items() if value}
+        if class_lists and dataset != "flowers":
+            raise ValueError(
+                f"--train_classes and --test_classes apply to --dataset=flowers only, not "
+                f"--dataset={dataset}, whose split comes with the data.")
+        options.update(class_lists)
         records = readers.read_dataset(dataset, data_dir, split, skips=skips, **options)
         if len(skips):
             logging.warning("Skipped %d items of %s/%s: %s", len(skips), dataset, split,

@@ -68,6 +68,8 @@ class TextTrainConfig:
     data_dir: Optional[str] = None
     image_size: int = 64
     crop: str = "none"
+    train_classes: tuple = ()
+    test_classes: tuple = ()
     teacher_weights: str = "imagenet"
     teacher_preset: str = "released_code"
     embedding_dim: int = 1024
@@ -437,11 +439,15 @@ def zero_shot_accuracy(text_encoder: encoder_lib.TextEncoder, image_projection: 
 # --- Training -------------------------------------------------------------------
 
 
+def _class_lists(config: TextTrainConfig) -> dict:
+    return {"train_classes": list(config.train_classes), "test_classes": list(config.test_classes)}
+
+
 def _load_test_records(config: TextTrainConfig) -> Optional[list]:
     from sdn_tf.data.datasets import load_split
 
     try:
-        return load_split(config.dataset, config.data_dir, "test")
+        return load_split(config.dataset, config.data_dir, "test", class_lists=_class_lists(config))
     except (ValueError, FileNotFoundError) as error:
         logging.warning("No test split for the zero-shot evaluation (%s); it is skipped.", error)
         return None
@@ -511,7 +517,8 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
     if records is None:
         from sdn_tf.data.datasets import load_split
 
-        records = load_split(config.dataset, config.data_dir, "train")
+        records = load_split(config.dataset, config.data_dir, "train",
+                             class_lists=_class_lists(config))
         test_records = _load_test_records(config)
     pairs = caption_pairs(records, "train")
     if len(pairs) < config.batch_size:
