@@ -153,25 +153,12 @@ def read_cub(data_dir, split: str, caption_dir=None, use_embeddings: bool = Fals
     for index, (name, class_id) in enumerate(zip(names, class_ids)):
         image_path = os.path.join(image_dir, name + ".jpg")
         caption_path = os.path.join(caption_dir, name + ".txt")
-        if not os.path.isfile(image_path):
-            tally.skip(name, utils.IMAGE_NOT_FOUND)
+        row = embeddings[index] if embeddings is not None else None
+        item = utils.read_listed_item(tally, name, image_path, caption_path, row,
+                                      validate_images)
+        if item is None:
             continue
-        if not os.path.isfile(caption_path):
-            tally.skip(name, utils.CAPTION_NOT_FOUND)
-            continue
-        captions = tally.read_captions(caption_path)
-        if not captions:
-            tally.skip(name, utils.NO_CAPTIONS)
-            continue
-        record_embeddings = None
-        if embeddings is not None:
-            record_embeddings = embeddings[index]
-            # ImageRecord promises that embeddings and captions align row by row.
-            if len(record_embeddings) != len(captions):
-                tally.skip(name, utils.EMBEDDING_MISMATCH)
-                continue
-        if not utils.validate_image(tally, name, image_path, validate_images):
-            continue
+        captions, record_embeddings = item
         records.append(ImageRecord(
             name=name,
             image_path=image_path,

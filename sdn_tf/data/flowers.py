@@ -213,24 +213,11 @@ def read_flowers(data_dir, split: str, caption_dir=None, skips: Optional[SkipRep
     for index, (key, class_id) in enumerate(zip(keys, class_ids)):
         image_path = os.path.join(image_dir, key + ".jpg")
         text_path = caption_path(caption_dir, key, class_id)
-        if not os.path.isfile(image_path):
-            tally.skip(key, utils.IMAGE_NOT_FOUND)
+        row = embeddings[index] if embeddings is not None else None
+        item = utils.read_listed_item(tally, key, image_path, text_path, row, validate_images)
+        if item is None:
             continue
-        if not os.path.isfile(text_path):
-            tally.skip(key, utils.CAPTION_NOT_FOUND)
-            continue
-        captions = tally.read_captions(text_path)
-        if not captions:
-            tally.skip(key, utils.NO_CAPTIONS)
-            continue
-        record_embeddings = None
-        if embeddings is not None:
-            record_embeddings = embeddings[index]
-            if len(record_embeddings) != len(captions):
-                tally.skip(key, utils.EMBEDDING_MISMATCH)
-                continue
-        if not utils.validate_image(tally, key, image_path, validate_images):
-            continue
+        captions, record_embeddings = item
         class_name = class_names.get(class_id)
         records.append(ImageRecord(
             name=key,

@@ -305,6 +305,31 @@ def validate_image(tally: SplitTally, name: str, path: str, enabled: bool) -> bo
     return False
 
 
+def read_listed_item(tally: SplitTally, name: str, image_path: str, caption_path: str,
+                     embeddings, validate_images: bool):
+    """Read the captions of one item listed by a split pickle, or record why it is skipped.
+
+    Returns (captions, embeddings) or None. The embeddings row, when given,
+    must have one entry per caption, because ImageRecord aligns them row by row.
+    """
+    if not os.path.isfile(image_path):
+        tally.skip(name, IMAGE_NOT_FOUND)
+        return None
+    if not os.path.isfile(caption_path):
+        tally.skip(name, CAPTION_NOT_FOUND)
+        return None
+    captions = tally.read_captions(caption_path)
+    if not captions:
+        tally.skip(name, NO_CAPTIONS)
+        return None
+    if embeddings is not None and len(embeddings) != len(captions):
+        tally.skip(name, EMBEDDING_MISMATCH)
+        return None
+    if not validate_image(tally, name, image_path, validate_images):
+        return None
+    return captions, embeddings
+
+
 def parse_class_number(value, source: str) -> int:
     """Convert 7, "7", "007" or "class_00007" to the class number 7."""
     if isinstance(value, (int, np.integer)):
