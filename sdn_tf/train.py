@@ -24,7 +24,7 @@ from sdn_tf import distribute as distribute_lib
 from sdn_tf import precision as precision_lib
 from sdn_tf import workdir as workdir_lib
 from sdn_tf.data import pipeline
-from sdn_tf.data.datasets import load_split
+from sdn_tf.data.datasets import class_lists_of, load_split
 from sdn_tf.generator import build_generator
 from sdn_tf.losses import parse_tap_weights
 from sdn_tf.model import SDNModel
@@ -88,8 +88,25 @@ class SDNConfig:
         return payload
 
 
-def _class_lists(config) -> dict:
-    return {"train_classes": list(config.train_classes), "test_classes": list(config.test_classes)}
+_LOADED_ENCODER = {}
+
+
+def _text_encoder(workdir: str):
+    """Load the text encoder of `workdir`, reusing the last one while its weights file is unchanged.
+
+    train() embeds the training captions and then the sample captions, and
+    would otherwise rebuild the encoder for each call.
+    """
+    from sdn_tf.text.encoder import WEIGHTS_FILE, load_text_encoder
+
+    weights = os.path.join(workdir, WEIGHTS_FILE)
+    if not os.path.isfile(weights):
+        return load_text_encoder(workdir)  # raises the error that names the missing file
+    key = (os.path.abspath(workdir), os.stat(weights).st_mtime_ns)
+    if key not in _LOADED_ENCODER:
+        _LOADED_ENCODER.clear()
+        _LOADED_ENCODER[key] = load_text_encoder(workdir)
+    return _LOADED_ENCODER[key]
 
 
 def embed_records(config: SDNConfig, records) -> np.ndarray:
@@ -116,9 +133,7 @@ def embed_records(config: SDNConfig, records) -> np.ndarray:
             "--text_embeddings=encoder needs --text_encoder=WORKDIR, the workdir of an "
             "sdn-train-text run."
         )
-    from sdn_tf.text.encoder import load_text_encoder
-
-    encoder = load_text_encoder(config.text_encoder)
+    encoder = _text_encoder(config.text_encoder)
     captions = [caption for record in records for caption in record.captions]
     logging.info("Embedding %d captions with the text encoder in %s.", len(captions),
                  config.text_encoder)
@@ -245,12 +260,12 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     if train_records is None:
         train_records = load_split(config.dataset, config.data_dir, "train",
                                    use_embeddings=config.text_embeddings == "pickle",
-                                   class_lists=_class_lists(config))
+                                   class_lists=class_lists_of(config))
     if test_records is None:
         try:
             test_records = load_split(config.dataset, config.data_dir, "test",
                                       use_embeddings=config.text_embeddings == "pickle",
-                                      class_lists=_class_lists(config))
+                                      class_lists=class_lists_of(config))
         except (FileNotFoundError, ValueError) as error:
             logging.warning("No held-out split for samples: %s", error)
             test_records = None

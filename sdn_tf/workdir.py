@@ -68,7 +68,7 @@ def check_kind(config: Mapping, workdir: str, kind: str) -> None:
     found = config.get("kind")
     if found != kind:
         raise WorkdirError(
-            f"{workdir!r} holds a {found!r} run, but a {kind!r} run is needed here."
+            f"{workdir!r} contains a {found!r} run, but a {kind!r} run is needed here."
         )
 
 

@@ -48,9 +48,12 @@ def test_stage1_writes_workdir(tmp_path, records):
     assert (run / "config.json").is_file()
     assert list((run / "train").iterdir()), "no TensorBoard events written"
     stored = json.loads((run / "config.json").read_text())
-    assert stored["kind"] == "sdn" and stored["stage"] == 1 and stored["embedding_dim"] == 16
+    assert stored["kind"] == "sdn"
+    assert stored["stage"] == 1
+    assert stored["embedding_dim"] == 16
     assert np.isfinite(losses["loss"])
-    assert "stage1/conv1_1" in losses and "stage2_taps" not in losses
+    assert "stage1/conv1_1" in losses
+    assert "stage2_taps" not in losses
     assert json.loads((run / "final.json").read_text())["step"] == 4
 
 
@@ -77,7 +80,8 @@ def test_stage2_from_stage1(tmp_path, records):
     train(config(tmp_path / "stage1"), records, records[:2])
     losses = train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "stage1")),
                    records, records[:2])
-    assert "stage2/pool5" in losses and "stage1_taps" not in losses
+    assert "stage2/pool5" in losses
+    assert "stage1_taps" not in losses
 
 
 def test_init_from_unfinished_run(tmp_path, records):
@@ -141,7 +145,8 @@ def test_cli_requires_workdir():
 
 def test_cli_helpfull_lists_flags():
     result = run_cli("--helpfull")
-    assert "--teacher_weights" in result.stdout and "--init_from" in result.stdout
+    assert "--teacher_weights" in result.stdout
+    assert "--init_from" in result.stdout
 
 
 @pytest.fixture

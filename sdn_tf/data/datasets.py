@@ -9,6 +9,11 @@ from absl import logging
 from sdn_tf.data.records import ImageRecord, SkipReport
 
 
+def class_lists_of(config) -> dict:
+    """Return the --train_classes/--test_classes of a training config as load_split's class_lists."""
+    return {"train_classes": list(config.train_classes), "test_classes": list(config.test_classes)}
+
+
 def load_split(dataset: str, data_dir: Optional[str], split: str,
                skips: Optional[SkipReport] = None,
                use_embeddings: bool = False,

@@ -439,15 +439,12 @@ def zero_shot_accuracy(text_encoder: encoder_lib.TextEncoder, image_projection: 
 # --- Training -------------------------------------------------------------------
 
 
-def _class_lists(config: TextTrainConfig) -> dict:
-    return {"train_classes": list(config.train_classes), "test_classes": list(config.test_classes)}
-
-
 def _load_test_records(config: TextTrainConfig) -> Optional[list]:
-    from sdn_tf.data.datasets import load_split
+    from sdn_tf.data.datasets import class_lists_of, load_split
 
     try:
-        return load_split(config.dataset, config.data_dir, "test", class_lists=_class_lists(config))
+        return load_split(config.dataset, config.data_dir, "test",
+                          class_lists=class_lists_of(config))
     except (ValueError, FileNotFoundError) as error:
         logging.warning("No test split for the zero-shot evaluation (%s); it is skipped.", error)
         return None
@@ -515,10 +512,10 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
     keras.utils.set_random_seed(config.seed)  # also fixes a random-weight teacher
 
     if records is None:
-        from sdn_tf.data.datasets import load_split
+        from sdn_tf.data.datasets import class_lists_of, load_split
 
         records = load_split(config.dataset, config.data_dir, "train",
-                             class_lists=_class_lists(config))
+                             class_lists=class_lists_of(config))
         test_records = _load_test_records(config)
     pairs = caption_pairs(records, "train")
     if len(pairs) < config.batch_size:
