@@ -487,9 +487,9 @@ def encoder_r_precision(text_encoder_dir: Optional[str], generated: np.ndarray,
                         dataset: str = "", split: str = "test", crop: str = "none") -> dict:
     """Return R-precision of the generated images (and of the real ones, for reference).
 
-    Images are embedded as in sdn-train-text: spatial means of the teacher's
-    pool1..pool5 at the text encoder run's image size, then its learned
-    projection. The caption pool is every caption of `records`, the images
+    Images are embedded as in sdn-train-text: the teacher's pool1..pool5,
+    pooled as that run pooled them (spatial means or its --feature_grid), at
+    its image size, then its learned projection. The caption pool is every caption of `records`, the images
     whose captions are evaluated.
 
     A teacher that changed since the encoder was trained (other weights,
@@ -516,6 +516,7 @@ def encoder_r_precision(text_encoder_dir: Optional[str], generated: np.ndarray,
     text_config = text_encoder.config
     size = int(text_config["image_size"])
     preset = text_config["teacher_preset"]
+    grid = int(text_config.get("feature_grid", 1))
     weights = _teacher_weights_value(text_config["teacher_weights"])
     teacher = teachers.get(size, weights, preset)
 
@@ -530,7 +531,7 @@ def encoder_r_precision(text_encoder_dir: Optional[str], generated: np.ndarray,
 
     def features_of(images):
         return compute_image_features(_resize_images(images, size), teacher, preset,
-                                      batch_size)
+                                      batch_size, grid)
 
     def embed(features):
         return np.asarray(projection(features, training=False))

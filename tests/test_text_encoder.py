@@ -13,6 +13,7 @@ from PIL import Image
 
 from sdn_tf.data.records import ImageRecord
 from sdn_tf.text import encoder as enc
+from sdn_tf.teacher import build_teacher
 from sdn_tf.text import train as text_train
 from sdn_tf.workdir import WorkdirError, open_workdir
 
@@ -375,6 +376,80 @@ def test_train_without_dropout(tiny_data, tmp_path):
     result = text_train.train_text_encoder(_config(tmp_path, max_steps=1, dropout=0.0),
                                            tiny_data[0])
     assert result.summary["step"] == 1
+
+
+def test_grid_features_keep_layout():
+    """Spatial means cannot tell a left square from a right one; a 2x2 grid can."""
+    teacher = build_teacher(64, "random")
+    left = np.full((1, 64, 64, 3), 128, np.uint8)
+    right = left.copy()
+    left[0, 16:48, 0:32] = (220, 30, 30)
+    right[0, 16:48, 32:64] = (220, 30, 30)
+    images = np.concatenate([left, right])
+    means = text_train.compute_image_features(images, teacher, "released_code", grid=1)
+    grid = text_train.compute_image_features(images, teacher, "released_code", grid=2)
+    assert means.shape == (2, text_train.IMAGE_FEATURE_DIM)
+    assert grid.shape == (2, 4 * text_train.IMAGE_FEATURE_DIM)
+    # Mirrored images differ in their means only through border effects of the
+    # convolutions' zero padding, and far more in their grid cells.
+    # pool1 (the first 64 channels) sees little of the padding.
+    mean_change = np.abs(means[0, :64] - means[1, :64]).mean()
+    grid_change = np.abs(grid[0, :4 * 64] - grid[1, :4 * 64]).mean()
+    assert grid_change > 5 * mean_change
+    # Each grid tap averages to the tap's spatial mean (area pooling of 2x2 cells).
+    pool5_means = means[0, -512:]
+    pool5_cells = grid[0, -4 * 512:].reshape(2, 2, 512).mean(axis=(0, 1))
+    np.testing.assert_allclose(pool5_cells, pool5_means, rtol=1e-4, atol=1e-3)
+
+
+def test_train_with_grid_and_instance_negatives(tiny_data, tmp_path):
+    train, test = tiny_data
+    result = text_train.train_text_encoder(
+        _config(tmp_path, max_steps=2, feature_grid=2, negatives="instance"), train, test)
+    assert result.summary["step"] == 2
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["feature_grid"] == 2 and config["negatives"] == "instance"
+    assert config["image_feature_dim"] == 4 * text_train.IMAGE_FEATURE_DIM
+    assert "2x2 grid" in config["image_features"]
+    projection = text_train.load_image_projection(str(tmp_path))
+    assert projection.input_shape == (None, 4 * text_train.IMAGE_FEATURE_DIM)
+    # Resuming with other features would pair the projection with wrong inputs.
+    with pytest.raises(WorkdirError, match="image_features"):
+        text_train.train_text_encoder(
+            _config(tmp_path, max_steps=3, feature_grid=1, negatives="instance"), train, test)
+
+
+def test_instance_negatives_use_image_ids(tiny_data, tmp_path, monkeypatch):
+    """With negatives="instance", two images of one class are each other's negatives."""
+    seen = []
+    real_factory = text_train._make_train_step
+
+    def factory(*args, **kwargs):
+        real_step = real_factory(*args, **kwargs)
+
+        def step(onehot, features, groups):
+            seen.append(groups.numpy())
+            return real_step(onehot, features, groups)
+
+        return step
+
+    monkeypatch.setattr(text_train, "_make_train_step", factory)
+    train, _ = tiny_data
+    text_train.train_text_encoder(_config(tmp_path, max_steps=1, negatives="instance"), train)
+    # Image rows run from 0 to 11 (three classes of four images): more distinct
+    # ids than classes proves these are image ids.
+    assert len(np.unique(seen[0])) > 3
+    assert seen[0].max() < len(train)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"negatives": "pairs"}, "negatives='pairs'"),
+    ({"feature_grid": 0}, "feature_grid=0"),
+    ({"feature_grid": 8}, "feature_grid=8"),
+])
+def test_config_rejects_bad_feature_settings(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        text_train.as_config(_config(tmp_path, **overrides))
 
 
 def _nan_at_call(monkeypatch, bad_call):

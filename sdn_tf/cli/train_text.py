@@ -30,6 +30,13 @@ def define_text_flags() -> None:
     flags.DEFINE_float("margin", 1.0, "Hinge margin of the DS-SJE loss.", lower_bound=0.0)
     flags.DEFINE_integer("feature_batch_size", 32, "Images per teacher forward pass when "
                          "computing the image features.", lower_bound=1)
+    flags.DEFINE_integer("feature_grid", 1, "Pool each teacher tap to a grid x grid layout "
+                         "for the image features; 1 (Reed et al.) takes spatial means and "
+                         "so drops where objects are.", lower_bound=1, upper_bound=7)
+    flags.DEFINE_enum("negatives", "class", ("class", "instance"),
+                      "DS-SJE negatives: captions and images of other classes (Reed et al.) "
+                      "or of every other image, which teaches within-class detail such as "
+                      "position and size.")
     # Defaults that differ from the generator's: the DS-SJE loss needs
     # negatives of other classes in each batch, so batches are larger, and
     # 7e-4 is the learning rate of StackGAN's CUB encoder.
@@ -50,7 +57,8 @@ def main(argv):
         learning_rate=FLAGS.learning_rate, epochs=FLAGS.epochs, max_steps=FLAGS.max_steps,
         log_every=FLAGS.log_every, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed, precision=FLAGS.precision,
-        jit_compile=FLAGS.jit_compile, feature_batch_size=FLAGS.feature_batch_size)
+        jit_compile=FLAGS.jit_compile, feature_batch_size=FLAGS.feature_batch_size,
+        feature_grid=FLAGS.feature_grid, negatives=FLAGS.negatives)
     config.on_nan = FLAGS.on_nan
     config.max_nan_restores = FLAGS.max_nan_restores
     train_text_encoder(config)

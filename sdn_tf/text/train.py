@@ -34,14 +34,30 @@ from absl import logging
 from sdn_tf import teacher as teacher_lib
 from sdn_tf import workdir as workdir_lib
 from sdn_tf.data.records import ImageRecord
+from sdn_tf.layers import Standardize
 from sdn_tf.text import encoder as encoder_lib
 
 IMAGE_FEATURE_TAPS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 IMAGE_FEATURE_DIM = 64 + 128 + 256 + 512 + 512
-IMAGE_FEATURES_DESCRIPTION = (
-    "teacher taps pool1..pool5, spatial means, concatenated (1472 values), "
-    "standardised with training-set statistics, learned linear projection"
-)
+NEGATIVES = ("class", "instance")
+
+
+def image_feature_dim(grid: int = 1) -> int:
+    """Return the size of the image features: 1472 channels times grid x grid cells."""
+    return IMAGE_FEATURE_DIM * grid * grid
+
+
+def image_features_description(grid: int = 1) -> str:
+    """Describe the image features, as recorded in config.json and the README."""
+    if grid == 1:
+        pooling = "spatial means"
+    else:
+        pooling = f"area-averaged to a {grid}x{grid} grid"
+    return (f"teacher taps pool1..pool5, {pooling}, concatenated ({image_feature_dim(grid)} "
+            "values), standardised with training-set statistics, learned linear projection")
+
+
+IMAGE_FEATURES_DESCRIPTION = image_features_description(1)
 PROJECTION_WEIGHTS_FILE = "image_projection.weights.h5"
 EVAL_FILE = "text_eval.json"
 FEATURE_CACHE_DIR = "image_features"
@@ -87,6 +103,13 @@ class TextTrainConfig:
     precision: str = "auto"
     jit_compile: str = "auto"
     feature_batch_size: int = 32
+    # Reed et al. average the image features over the whole image and treat
+    # only captions of other classes as negatives, so the embedding learns what
+    # a class looks like, not where things are. feature_grid > 1 keeps a coarse
+    # layout and negatives="instance" contrasts every other image, which lets
+    # the embedding carry the position and size that captions state.
+    feature_grid: int = 1
+    negatives: str = "class"
     on_nan: str = "stop"
     max_nan_restores: int = 3
 
@@ -104,6 +127,11 @@ class TextTrainConfig:
             raise ValueError(f"crop={self.crop!r}; use none or bbox.")
         if self.on_nan not in ("stop", "restore"):
             raise ValueError(f"on_nan={self.on_nan!r}; use stop or restore.")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives={self.negatives!r}; use class or instance.")
+        if not 1 <= self.feature_grid <= 7:
+            raise ValueError(f"feature_grid={self.feature_grid} must be from 1 to 7 (pool5 "
+                             "is 7x7 at 224 pixels); 1 takes spatial means.")
         if self.max_nan_restores < 0:
             raise ValueError(f"max_nan_restores={self.max_nan_restores} must not be negative.")
         for name in ("embedding_dim", "batch_size", "log_every", "checkpoint_every",
@@ -151,8 +179,10 @@ def workdir_config(config: TextTrainConfig) -> dict:
         "dataset": config.dataset,
         "data_dir": os.path.abspath(os.path.expanduser(config.data_dir))
         if config.data_dir else None,
-        "image_features": IMAGE_FEATURES_DESCRIPTION,
-        "image_feature_dim": IMAGE_FEATURE_DIM,
+        "image_features": image_features_description(config.feature_grid),
+        "image_feature_dim": image_feature_dim(config.feature_grid),
+        "feature_grid": config.feature_grid,
+        "negatives": config.negatives,
         "margin": config.margin,
         "seed": config.seed,
     }
@@ -162,22 +192,32 @@ def workdir_config(config: TextTrainConfig) -> dict:
 
 
 def compute_image_features(images: np.ndarray, teacher: keras.Model, preset: str,
-                           batch_size: int = 32) -> np.ndarray:
-    """Return the spatial means of pool1..pool5, concatenated: float32 [N, 1472].
+                           batch_size: int = 32, grid: int = 1) -> np.ndarray:
+    """Return pool1..pool5 pooled to grid x grid cells, concatenated: float32 [N, 1472 g^2].
 
-    `images` are uint8 RGB [N, S, S, 3]. They are converted to the teacher's
-    input space with `preset` and run through `teacher` in batches.
+    grid=1 takes each tap's spatial mean. A larger grid averages each tap over
+    the cells of a grid x grid partition (area resampling), keeping where in
+    the image a feature fires. `images` are uint8 RGB [N, S, S, 3]; they are
+    converted to the teacher's input space with `preset` and run through
+    `teacher` in batches.
     """
 
     @tf.function(reduce_retracing=True, autograph=False)
     def features_of(batch):
         teacher_input = teacher_lib.rgb_to_teacher_space(tf.cast(batch, tf.float32), preset)
         taps = teacher(teacher_input, training=False)
-        means = [tf.reduce_mean(taps[tap], axis=[1, 2]) for tap in IMAGE_FEATURE_TAPS]
-        return tf.concat(means, axis=1)
+        parts = []
+        for tap in IMAGE_FEATURE_TAPS:
+            value = tf.cast(taps[tap], tf.float32)
+            if grid == 1:
+                parts.append(tf.reduce_mean(value, axis=[1, 2]))
+            else:
+                cells = tf.image.resize(value, [grid, grid], method="area")
+                parts.append(tf.reshape(cells, [tf.shape(value)[0], -1]))
+        return tf.concat(parts, axis=1)
 
     count = len(images)
-    features = np.empty((count, IMAGE_FEATURE_DIM), np.float32)
+    features = np.empty((count, image_feature_dim(grid)), np.float32)
     report_every = max(1, count // 10)
     next_report = report_every
     start_time = time.time()
@@ -205,24 +245,6 @@ def feature_statistics(features: np.ndarray) -> tuple:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-class Standardize(keras.layers.Layer):
-    """(x - mean) / std with fixed, checkpointed per-dimension statistics."""
-
-    def build(self, input_shape):
-        dim = int(input_shape[-1])
-        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False,
-                                    name="mean")
-        self.std = self.add_weight(shape=(dim,), initializer="ones", trainable=False,
-                                   name="std")
-
-    def set_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.mean.assign(mean)
-        self.std.assign(std)
-
-    def call(self, inputs):
-        return (inputs - self.mean) / self.std
-
-
 def build_image_projection(embedding_dim: int, seed: int = 0,
                            feature_dim: int = IMAGE_FEATURE_DIM) -> keras.Model:
     """Build the image side: standardisation then a linear map to `embedding_dim`."""
@@ -238,15 +260,15 @@ def _feature_cache_path(workdir: str, split: str) -> str:
     return os.path.join(workdir, FEATURE_CACHE_DIR, f"{split}.npz")
 
 
-def _read_feature_cache(workdir: str, split: str, records: Sequence[ImageRecord]
-                        ) -> Optional[np.ndarray]:
+def _read_feature_cache(workdir: str, split: str, records: Sequence[ImageRecord],
+                        dim: int) -> Optional[np.ndarray]:
     path = _feature_cache_path(workdir, split)
     if not os.path.isfile(path):
         return None
     with np.load(path, allow_pickle=False) as cache:
         names = [str(name) for name in cache["names"]]
         features = cache["features"]
-    if names != [record.name for record in records] or features.shape[1] != IMAGE_FEATURE_DIM:
+    if names != [record.name for record in records] or features.shape[1] != dim:
         logging.warning("Ignoring %s: it was computed for other images; recomputing.", path)
         return None
     logging.info("Read cached teacher features of %d %s images from %s.", len(names), split,
@@ -266,7 +288,7 @@ def _write_feature_cache(workdir: str, split: str, records: Sequence[ImageRecord
 
 def load_image_features(config: TextTrainConfig, splits: Mapping[str, Sequence[ImageRecord]]
                         ) -> dict:
-    """Return {split: float32 [N, 1472]} for each split, from the workdir cache when possible.
+    """Return {split: float32 [N, image_feature_dim]} for each split, from the workdir cache when possible.
 
     The features are cached in the workdir because a resumed run must see the
     same features as the run that trained the projection. With random teacher
@@ -277,7 +299,8 @@ def load_image_features(config: TextTrainConfig, splits: Mapping[str, Sequence[I
     result = {}
     missing = {}
     for split, records in splits.items():
-        cached = _read_feature_cache(config.workdir, split, records)
+        cached = _read_feature_cache(config.workdir, split, records,
+                                     image_feature_dim(config.feature_grid))
         if cached is None:
             missing[split] = records
         else:
@@ -298,7 +321,7 @@ def load_image_features(config: TextTrainConfig, splits: Mapping[str, Sequence[I
     for split, records in missing.items():
         images = load_images(records, config.image_size, crop_to_bbox=config.crop == "bbox")
         features = compute_image_features(images, teacher, config.teacher_preset,
-                                          config.feature_batch_size)
+                                          config.feature_batch_size, config.feature_grid)
         _write_feature_cache(config.workdir, split, records, features)
         result[split] = features
     return result
@@ -535,7 +558,8 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
         config.embedding_dim, config.rnn, config.dropout, config.seed,
         dtype=policy,
         use_cudnn=False if jit else "auto")
-    image_projection = build_image_projection(config.embedding_dim, config.seed)
+    image_projection = build_image_projection(config.embedding_dim, config.seed,
+                                              image_feature_dim(config.feature_grid))
     image_projection.get_layer("standardize").set_statistics(
         *feature_statistics(features["train"]))
     optimizer = keras.optimizers.Adam(config.learning_rate)
@@ -594,7 +618,10 @@ def _train_loop(config, pairs, train_features, text_model, image_projection, opt
         batch = schedule.batch(current + int(checkpoint.data_offset.numpy()))
         onehot = encode(tf.constant(list(pairs.captions[batch]), tf.string))
         batch_features = tf.constant(train_features[pairs.image_index[batch]])
-        loss, accuracy = train_step(onehot, batch_features, tf.constant(pairs.class_ids[batch]))
+        # DS-SJE never treats a pair with the same group id as a negative:
+        # the class (Reed et al.) or, with negatives="instance", the image.
+        groups = pairs.class_ids if config.negatives == "class" else pairs.image_index
+        loss, accuracy = train_step(onehot, batch_features, tf.constant(groups[batch]))
         current += 1
         if not math.isfinite(float(loss)):
             current = _restore_after_nan(config, float(loss), current, nan_restores, manager,
@@ -708,7 +735,8 @@ def load_image_projection(workdir: str) -> keras.Model:
 
 
 __all__ = [
-    "IMAGE_FEATURE_TAPS", "IMAGE_FEATURE_DIM", "MUST_MATCH", "TextTrainConfig", "as_config",
+    "IMAGE_FEATURE_TAPS", "IMAGE_FEATURE_DIM", "NEGATIVES", "image_feature_dim",
+    "image_features_description", "MUST_MATCH", "TextTrainConfig", "as_config",
     "workdir_config", "compute_image_features", "feature_statistics", "build_image_projection",
     "load_image_features", "caption_pairs", "PairSchedule", "total_steps",
     "zero_shot_accuracy", "TrainedTextEncoder", "train_text_encoder", "load_image_projection",
