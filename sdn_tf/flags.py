@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import flags
 
 from sdn_tf.distribute import STRATEGIES
+from sdn_tf.generator import GENERATOR_INITS
 from sdn_tf.losses import parse_tap_weights
 from sdn_tf.schemes import SCHEMES
 
@@ -123,6 +124,18 @@ def define_sdn_flags() -> None:
     flags.DEFINE_bool("init_image_bias", False,
                       "Start the generator's output bias at the mean training colour "
                       "instead of zero (the released code's choice); shortens short runs.")
+    flags.DEFINE_enum("generator_init", "released", GENERATOR_INITS,
+                      "Generator kernels: released (N(0, 0.02) conv, N(0, 0.1) dense, as "
+                      "the authors' code) or he (He-normal in every ReLU layer, which "
+                      "learns much faster in short runs).")
+    flags.DEFINE_float("image_gain", 1.0, "Fixed factor on the generator's output image; 1 "
+                       "is the released model. 64 lets a short run reach the 0-255 pixel "
+                       "scale quickly. Stage-II must use its Stage-I run's value.",
+                       lower_bound=1e-6)
+    flags.DEFINE_bool("normalise_embeddings", False,
+                      "Centre the caption embeddings and scale them to unit variance (fixed "
+                      "statistics of the training captions, stored with the generator) "
+                      "before g_fc7. The released code feeds them unchanged.")
     flags.DEFINE_enum("strategy", "default", STRATEGIES,
                       "tf.distribute strategy: default (one device), mirrored (every GPU, or "
                       "every logical CPU device), multi_worker (MultiWorkerMirroredStrategy, "

@@ -23,26 +23,42 @@ is left out. There is no noise input: diversity comes from n output images
 from __future__ import annotations
 
 import keras
+import numpy as np
 
+from sdn_tf.layers import Standardize
 from sdn_tf.teacher import TAP_NAMES, tap_shapes
+
+EMBEDDING_NORM_LAYER = "g_embedding_norm"
 
 # Released-code initialisers: conv kernels N(0, 0.02), dense kernels N(0, 0.1),
 # biases zero (Keras' default bias initialiser).
 _CONV_INIT_STDDEV = 0.02
 _DENSE_INIT_STDDEV = 0.1
+# "released" follows the authors' code. "he" draws every ReLU layer's kernel
+# from He et al.'s normal (std sqrt(2 / fan_in)), which keeps the signal's
+# scale through the 16 ReLU layers. With N(0, 0.02), the RMS falls from about
+# 46 at g_pool5 to 0.2 at g_conv1_1 (unit-variance embeddings, 64x64), and
+# short runs learn little beyond a constant image.
+GENERATOR_INITS = ("released", "he")
 
 
-def _conv(filters: int, name: str, seed: int, activation="relu") -> keras.layers.Conv2D:
+def _relu_initializer(init: str, stddev: float, seed: int):
+    if init == "he":
+        return keras.initializers.HeNormal(seed=seed)
+    return keras.initializers.RandomNormal(stddev=stddev, seed=seed)
+
+
+def _conv(filters: int, name: str, seed: int, init: str = "released") -> keras.layers.Conv2D:
     return keras.layers.Conv2D(
-        filters, 3, padding="same", activation=activation, name=name,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=_CONV_INIT_STDDEV, seed=seed),
+        filters, 3, padding="same", activation="relu", name=name,
+        kernel_initializer=_relu_initializer(init, _CONV_INIT_STDDEV, seed),
     )
 
 
-def _dense(units: int, name: str, seed: int) -> keras.layers.Dense:
+def _dense(units: int, name: str, seed: int, init: str = "released") -> keras.layers.Dense:
     return keras.layers.Dense(
         units, activation="relu", name=name,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=_DENSE_INIT_STDDEV, seed=seed),
+        kernel_initializer=_relu_initializer(init, _DENSE_INIT_STDDEV, seed),
     )
 
 
@@ -62,12 +78,29 @@ def _generator_plan(image_size: int):
 
 
 def build_generator(image_size: int, embedding_dim: int = 1024, num_images: int = 1,
-                    seed: int = 0) -> keras.Model:
+                    seed: int = 0, init: str = "released", image_gain: float = 1.0,
+                    normalise_embeddings: bool = False) -> keras.Model:
     """Build G: embeddings [B, embedding_dim] to a dict of the 21 taps and "image".
 
     "image" is [B, S, S, 3 * num_images] in teacher space and float32 under any
     mixed-precision policy, so the losses see full precision.
+
+    `init` is one of GENERATOR_INITS. `image_gain` multiplies g_img's output by
+    a fixed factor. Teacher space spans 0..255 while g_img's weights start near
+    0.02, and Adam moves each weight by about the learning rate per step, so
+    the released model needs thousands of steps to reach the pixel scale; a
+    gain of 64 lets a short run get there. 1 (no gain) is the released model.
+
+    `normalise_embeddings` puts a fixed standardisation layer (EMBEDDING_NORM_LAYER,
+    statistics set with `set_embedding_statistics`) before g_fc7. It is saved
+    with the generator's weights, so exports and Stage-II see the same inputs.
     """
+    if init not in GENERATOR_INITS:
+        raise ValueError(f"--generator_init={init!r} is not supported; use one of "
+                         f"{', '.join(GENERATOR_INITS)}.")
+    if not image_gain > 0:
+        raise ValueError(f"--image_gain={image_gain} must be positive (1 is the released "
+                         "model).")
     if image_size % 32 != 0 or not 64 <= image_size <= 224:
         raise ValueError(
             f"--image_size={image_size} is not supported: use a multiple of 32 "
@@ -76,25 +109,58 @@ def build_generator(image_size: int, embedding_dim: int = 1024, num_images: int 
     if num_images < 1:
         raise ValueError(f"--num_images={num_images} must be at least 1.")
     embedding = keras.Input((embedding_dim,), name="embedding")
-    x = _dense(4096, "g_fc7", seed)(embedding)
-    x = _dense(4096, "g_fc6", seed + 1)(x)
+    x = embedding
+    if normalise_embeddings:
+        x = Standardize(dtype="float32", name=EMBEDDING_NORM_LAYER)(x)
+    x = _dense(4096, "g_fc7", seed, init)(x)
+    x = _dense(4096, "g_fc6", seed + 1, init)(x)
     taps = {}
     for offset, (tap, op, shape) in enumerate(_generator_plan(image_size), start=2):
         name = f"g_{tap}"
         if op == "dense":
-            x = _dense(shape[0] * shape[1] * shape[2], name + "_dense", seed + offset)(x)
+            x = _dense(shape[0] * shape[1] * shape[2], name + "_dense", seed + offset,
+                       init)(x)
             x = keras.layers.Reshape(shape, name=name)(x)
         elif op == "resize":
             x = keras.layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
         else:
-            x = _conv(shape, name, seed + offset)(x)
+            x = _conv(shape, name, seed + offset, init)(x)
         taps[tap] = x
-    image = _conv(3 * num_images, "g_img", seed + 99, activation=None)(x)
+    # g_img is linear and keeps the released initialiser under either init.
+    image = keras.layers.Conv2D(
+        3 * num_images, 3, padding="same", name="g_img",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=_CONV_INIT_STDDEV,
+                                                           seed=seed + 99),
+    )(x)
     # Keep the image (and so the image term of every loss) in float32.
     image = keras.layers.Activation("linear", dtype="float32", name="g_img_float32")(image)
+    if image_gain != 1.0:
+        image = keras.layers.Rescaling(float(image_gain), dtype="float32",
+                                       name="g_img_gain")(image)
     outputs = {tap: taps[tap] for tap in TAP_NAMES}
     outputs["image"] = image
     return keras.Model(embedding, outputs, name="generator")
+
+
+def set_embedding_statistics(generator: keras.Model, embeddings: np.ndarray) -> tuple:
+    """Centre the generator's embedding input and scale it to unit mean variance.
+
+    Every dimension is shifted by its mean over `embeddings` [N, D] and all are
+    divided by one common scale, the root mean variance, which keeps their
+    relative sizes. Text encoders trained with DS-SJE can emit embeddings with
+    norms far below 1 (a margin loss fixes only score differences), which
+    leaves the ReLU layers behind g_fc7 near zero. Returns (mean, scale).
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    mean = embeddings.mean(axis=0)
+    scale = float(np.sqrt(np.mean(embeddings.var(axis=0))))
+    if not np.isfinite(scale) or scale <= 0.0:
+        raise ValueError(
+            f"the training embeddings have variance {scale ** 2!r}, so they cannot be "
+            "normalised; check the text encoder, or train without --normalise_embeddings.")
+    layer = generator.get_layer(EMBEDDING_NORM_LAYER)
+    layer.set_statistics(mean, np.full_like(mean, scale))
+    return mean, scale
 
 
 def count_generator_flops(image_size: int, embedding_dim: int = 1024, num_images: int = 1) -> int:

@@ -150,20 +150,26 @@ def sdn_loss(real_image: tf.Tensor,
 
 
 def parse_tap_weights(text: str) -> dict:
-    """Parse "conv1_1=0.5,pool5=2" into {"conv1_1": 0.5, "pool5": 2.0}."""
+    """Parse "conv1_1=0.5,pool5=2" into {"conv1_1": 0.5, "pool5": 2.0}.
+
+    "all=W" sets every tap to W; pairs after it override single taps, so
+    "all=0.05,pool5=1" weighs pool5 1 and the other 20 taps 0.05.
+    """
     weights = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         tap, sep, value = item.partition("=")
         tap = tap.strip()
-        if not sep or tap not in TAP_NAMES:
+        if not sep or (tap not in TAP_NAMES and tap != "all"):
             raise ValueError(
                 f"Invalid tap weight {item!r}: write TAP=WEIGHT with TAP one of "
-                f"{', '.join(TAP_NAMES)}."
+                f"{', '.join(TAP_NAMES)}, or all=WEIGHT for every tap."
             )
         try:
-            weights[tap] = float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"Invalid weight {value!r} for tap {tap}: not a number.") from None
-        if weights[tap] < 0:
+        if number < 0:
             raise ValueError(f"Tap weight {tap}={value} is negative; weights must be >= 0.")
+        for name in (TAP_NAMES if tap == "all" else (tap,)):
+            weights[name] = number
     return weights

@@ -25,7 +25,7 @@ from sdn_tf import precision as precision_lib
 from sdn_tf import workdir as workdir_lib
 from sdn_tf.data import pipeline
 from sdn_tf.data.datasets import class_lists_of, load_split
-from sdn_tf.generator import build_generator
+from sdn_tf.generator import build_generator, set_embedding_statistics
 from sdn_tf.losses import parse_tap_weights
 from sdn_tf.model import SDNModel
 from sdn_tf.schemes import check_scheme, record_default_scheme, scheme_terms
@@ -38,7 +38,8 @@ FINAL_STATE = "final.json"
 # Settings that shape the model, the loss or the data: resuming must not change them.
 MUST_MATCH = ("scheme", "stage", "image_size", "num_images", "teacher_preset",
               "teacher_weights", "dataset", "text_embeddings", "text_encoder", "embedding_dim",
-              "tap_weights", "image_weight", "crop")
+              "tap_weights", "image_weight", "crop", "generator_init", "image_gain",
+              "normalise_embeddings")
 NUM_SAMPLE_CAPTIONS = 6
 
 
@@ -73,6 +74,9 @@ class SDNConfig:
     num_images: int = 1
     scheme: str = "sdn"  # see sdn_tf.schemes
     init_image_bias: bool = False
+    generator_init: str = "released"  # see sdn_tf.generator.GENERATOR_INITS
+    image_gain: float = 1.0
+    normalise_embeddings: bool = False
     on_nan: str = "stop"
     max_nan_restores: int = 3
     embedding_dim: int = 0  # filled in from the text embeddings
@@ -192,11 +196,15 @@ def _load_init_weights(config: SDNConfig, generator) -> None:
     source = config.init_from
     stored = workdir_lib.read_config(source)
     workdir_lib.check_kind(stored, source, KIND)
-    for key in ("image_size", "num_images", "teacher_preset", "embedding_dim"):
-        if stored.get(key) != getattr(config, key):
+    # Runs written before --image_gain existed have no such key: they had gain 1.
+    defaults = {"image_gain": 1.0, "normalise_embeddings": False}
+    for key in ("image_size", "num_images", "teacher_preset", "embedding_dim", "image_gain",
+                "normalise_embeddings"):
+        if stored.get(key, defaults.get(key)) != getattr(config, key):
             raise workdir_lib.WorkdirError(
                 f"--init_from={source!r} was trained with {key}={stored.get(key)!r}, but this "
-                f"run uses {key}={getattr(config, key)!r}; the generators do not fit."
+                f"run uses {key}={getattr(config, key)!r}; the generators do not fit. "
+                f"Pass --{key}={stored.get(key, defaults.get(key))!r} to this run."
             )
     path = os.path.join(source, GENERATOR_WEIGHTS)
     if not os.path.isfile(path):
@@ -218,7 +226,8 @@ def _set_image_bias_to_mean(generator, images: np.ndarray, config: SDNConfig) ->
     mean_rgb = images.reshape(-1, 3).mean(axis=0).astype(np.float32)
     mean = rgb_to_teacher_space(tf.constant(mean_rgb), config.teacher_preset).numpy()
     layer = generator.get_layer("g_img")
-    layer.bias.assign(np.tile(mean, config.num_images))
+    # The image is image_gain * (g_img's output), so the bias is divided by it.
+    layer.bias.assign(np.tile(mean / config.image_gain, config.num_images))
     logging.info("Initialised the g_img bias to the mean training colour %s (RGB %s).",
                  np.round(mean, 1).tolist(), np.round(mean_rgb, 1).tolist())
 
@@ -288,7 +297,9 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         teacher = build_teacher(config.image_size, config.teacher_weights,
                                 config.teacher_preset)
         generator = build_generator(config.image_size, config.embedding_dim,
-                                    config.num_images, seed=config.seed)
+                                    config.num_images, seed=config.seed,
+                                    init=config.generator_init, image_gain=config.image_gain,
+                                    normalise_embeddings=config.normalise_embeddings)
         model = SDNModel(generator, teacher, terms, config.teacher_preset, config.num_images)
         optimizer = precision_lib.make_optimizer(policy, config.learning_rate)
         model.optimizer = optimizer
@@ -301,8 +312,14 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         logging.info("Resuming at step %d.", int(step.numpy()))
     elif config.init_from:
         _load_init_weights(config, generator)
-    elif config.init_image_bias:
-        _set_image_bias_to_mean(generator, train_images, config)
+    else:
+        if config.init_image_bias:
+            _set_image_bias_to_mean(generator, train_images, config)
+        if config.normalise_embeddings:
+            mean, scale = set_embedding_statistics(generator, train_embeddings)
+            logging.info("Normalising embeddings: mean norm %.4g, scale %.4g, from %d training "
+                         "caption embeddings.", float(np.linalg.norm(mean)), scale,
+                         len(train_embeddings))
 
     steps_per_epoch = len(pair_image_index) // config.batch_size
     total_steps = config.epochs * steps_per_epoch

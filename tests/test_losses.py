@@ -127,7 +127,15 @@ def test_parse_tap_weights():
     assert losses_lib.parse_tap_weights("") == {}
 
 
-@pytest.mark.parametrize("text", ["conv9_1=1", "pool5", "pool5=x", "pool5=-1"])
+def test_parse_tap_weights_all():
+    weights = losses_lib.parse_tap_weights("all=0.05,pool5=1")
+    assert set(weights) == set(TAP_NAMES)
+    assert weights["pool5"] == 1.0
+    assert all(weights[tap] == 0.05 for tap in TAP_NAMES if tap != "pool5")
+
+
+@pytest.mark.parametrize("text", ["conv9_1=1", "pool5", "pool5=x", "pool5=-1", "all=-2",
+                                  "every=1"])
 def test_parse_tap_weights_rejects(text):
     with pytest.raises(ValueError):
         losses_lib.parse_tap_weights(text)

@@ -46,6 +46,58 @@ def test_generator_initialisers_follow_released_code():
     assert not generator.get_layer("g_conv3_2").bias.numpy().any()
 
 
+def test_generator_he_init():
+    generator = generator_lib.build_generator(64, embedding_dim=1024, seed=1, init="he")
+    dense = generator.get_layer("g_fc6").kernel.numpy()
+    conv = generator.get_layer("g_conv3_2").kernel.numpy()
+    np.testing.assert_allclose(dense.std(), np.sqrt(2.0 / 4096), rtol=0.05)
+    np.testing.assert_allclose(conv.std(), np.sqrt(2.0 / (9 * 256)), rtol=0.05)
+    # The linear output layer keeps the released initialiser.
+    assert abs(generator.get_layer("g_img").kernel.numpy().std() - 0.02) < 0.002
+
+
+def test_image_gain_scales_only_the_image():
+    plain = generator_lib.build_generator(64, embedding_dim=8, seed=3)
+    gained = generator_lib.build_generator(64, embedding_dim=8, seed=3, image_gain=64.0)
+    gained.set_weights(plain.get_weights())
+    embeddings = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    a, b = plain(embeddings), gained(embeddings)
+    np.testing.assert_allclose(b["image"].numpy(), 64.0 * a["image"].numpy(), rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_allclose(b["conv1_1"].numpy(), a["conv1_1"].numpy())
+
+
+def test_embedding_normalisation_statistics():
+    generator = generator_lib.build_generator(64, embedding_dim=8, normalise_embeddings=True)
+    rng = np.random.default_rng(0)
+    # Tiny embeddings around an offset, as a DS-SJE text encoder can emit.
+    embeddings = (0.5 + 0.003 * rng.normal(size=(200, 8)) * np.arange(1, 9)).astype(np.float32)
+    mean, scale = generator_lib.set_embedding_statistics(generator, embeddings)
+    normalised = generator.get_layer(generator_lib.EMBEDDING_NORM_LAYER)(embeddings).numpy()
+    np.testing.assert_allclose(normalised.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.mean(normalised.var(axis=0)), 1.0, rtol=1e-3)
+    # One common scale keeps the dimensions' relative sizes.
+    stds = normalised.std(axis=0)
+    assert stds[-1] > 4 * stds[0]
+    np.testing.assert_allclose(mean, embeddings.mean(axis=0), rtol=1e-5)
+    assert scale > 0
+
+
+def test_embedding_normalisation_rejects_constant():
+    generator = generator_lib.build_generator(64, embedding_dim=8, normalise_embeddings=True)
+    with pytest.raises(ValueError, match="normalise"):
+        generator_lib.set_embedding_statistics(generator, np.ones((10, 8), np.float32))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"init": "glorot"}, "generator_init='glorot'"),
+    ({"image_gain": 0.0}, "image_gain=0.0"),
+])
+def test_generator_rejects_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generator_lib.build_generator(64, embedding_dim=8, **kwargs)
+
+
 @pytest.mark.parametrize("size", [32, 48, 100, 256])
 def test_generator_rejects_bad_size(size):
     with pytest.raises(ValueError, match=f"image_size={size}"):

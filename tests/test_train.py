@@ -84,6 +84,46 @@ def test_stage2_from_stage1(tmp_path, records):
     assert "stage1_taps" not in losses
 
 
+def test_image_gain_and_init_from(tmp_path, records):
+    """Stage-II must build its generator with the Stage-I run's image gain."""
+    train(config(tmp_path / "stage1", generator_init="he", image_gain=64.0,
+                 init_image_bias=True, max_steps=2), records, records[:2])
+    stored = json.loads((tmp_path / "stage1" / "config.json").read_text())
+    assert stored["image_gain"] == 64.0 and stored["generator_init"] == "he"
+    with pytest.raises(workdir_lib.WorkdirError, match=r"image_gain=64.0.*--image_gain=64.0"):
+        train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "stage1")),
+              records, records[:2])
+    losses = train(config(tmp_path / "stage2b", stage=2, image_gain=64.0, max_steps=2,
+                          init_from=str(tmp_path / "stage1")), records, records[:2])
+    assert np.isfinite(losses["loss"])
+
+
+def test_normalised_embeddings_reach_export(tmp_path, records):
+    """The embedding statistics are set from training captions and exported with G."""
+    from sdn_tf.export import _load_trained
+    from sdn_tf.generator import EMBEDDING_NORM_LAYER
+    from sdn_tf.text.train import train_text_encoder
+
+    text_dir = str(tmp_path / "text")
+    train_text_encoder(dict(workdir=text_dir, dataset="folder", image_size=64,
+                            teacher_weights="random", embedding_dim=16, batch_size=4,
+                            max_steps=1, feature_batch_size=8, precision="float32"), records)
+    train(config(tmp_path / "run", text_embeddings="encoder", text_encoder=text_dir,
+                 normalise_embeddings=True, generator_init="he", image_gain=64.0,
+                 epochs=0, max_steps=0), records, records[:2])
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["normalise_embeddings"] is True
+    _, _, generator = _load_trained(str(tmp_path / "run"))
+    layer = generator.get_layer(EMBEDDING_NORM_LAYER)
+    assert np.any(layer.mean.numpy() != 0.0)
+    assert np.all(layer.std.numpy() != 1.0)
+    assert generator.get_layer("g_img_gain").scale == 64.0
+    with pytest.raises(workdir_lib.WorkdirError, match="normalise_embeddings"):
+        train(config(tmp_path / "stage2", stage=2, text_embeddings="encoder",
+                     text_encoder=text_dir, image_gain=64.0, max_steps=1,
+                     init_from=str(tmp_path / "run")), records, records[:2])
+
+
 def test_init_from_unfinished_run(tmp_path, records):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(workdir_lib.WorkdirError, match="config.json"):

@@ -37,7 +37,9 @@ def main(argv):
         seed=FLAGS.seed, precision=FLAGS.precision, jit_compile=FLAGS.jit_compile,
         tap_weights=FLAGS.tap_weights, image_weight=FLAGS.image_weight,
         num_images=FLAGS.num_images,
-        init_image_bias=FLAGS.init_image_bias, on_nan=FLAGS.on_nan,
+        init_image_bias=FLAGS.init_image_bias, generator_init=FLAGS.generator_init,
+        image_gain=FLAGS.image_gain, normalise_embeddings=FLAGS.normalise_embeddings,
+        on_nan=FLAGS.on_nan,
         max_nan_restores=FLAGS.max_nan_restores, strategy=FLAGS.strategy)
     try:
         check_scheme(config.scheme, config.stage, config.num_images, config.init_from,
