@@ -32,7 +32,7 @@ def _files_with_bytes(folder):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return shapes.build_shapes(tmp_path_factory.mktemp("cache") / "shapes-v2", **SMALL)
+    return shapes.build_shapes(tmp_path_factory.mktemp("cache") / "shapes-v3", **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_layout_and_counts(dataset):
 def test_cache_reused(dataset):
     image = os.path.join(dataset, "train", "images", "00000.png")
     before = os.stat(image).st_mtime_ns
-    assert shapes.build_shapes(os.path.dirname(dataset) + "/shapes-v2", **SMALL) == dataset
+    assert shapes.build_shapes(os.path.dirname(dataset) + "/shapes-v3", **SMALL) == dataset
     assert os.stat(image).st_mtime_ns == before
 
 
@@ -102,7 +102,7 @@ def test_rebuild_after_deleted_marker(dataset, dataset_copy):
 
 
 def test_rebuild_half_written_folder(dataset, tmp_path):
-    root = tmp_path / "shapes-v2"
+    root = tmp_path / "shapes-v3"
     (root / "train" / "images").mkdir(parents=True)
     (root / "train" / "images" / "00000.png").write_bytes(b"partial")
 
@@ -118,7 +118,7 @@ def test_foreign_folder_kept(tmp_path):
 
 
 def test_other_params_use_sibling(dataset):
-    root = os.path.dirname(dataset) + "/shapes-v2"
+    root = os.path.dirname(dataset) + "/shapes-v3"
     other = shapes.build_shapes(root, seed=5, **SMALL)
     assert other == root + "-seed5-64px-train2-test2"
     with open(os.path.join(root, "params.json")) as f:
@@ -128,8 +128,8 @@ def test_other_params_use_sibling(dataset):
 
 
 def test_no_staging_folder_left(tmp_path):
-    shapes.build_shapes(tmp_path / "shapes-v2", **SMALL)
-    assert sorted(os.listdir(tmp_path)) == ["shapes-v2"]
+    shapes.build_shapes(tmp_path / "shapes-v3", **SMALL)
+    assert sorted(os.listdir(tmp_path)) == ["shapes-v3"]
 
 
 @pytest.mark.parametrize("name, value", [
@@ -139,15 +139,15 @@ def test_no_staging_folder_left(tmp_path):
 def test_invalid_parameter_rejected(tmp_path, name, value):
     kwargs = dict(SMALL, **{name: value})
     with pytest.raises(ValueError, match=name):
-        shapes.build_shapes(tmp_path / "shapes-v2", **kwargs)
-    assert not (tmp_path / "shapes-v2").exists()
+        shapes.build_shapes(tmp_path / "shapes-v3", **kwargs)
+    assert not (tmp_path / "shapes-v3").exists()
 
 
 def test_default_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SDN_TF_DATA_DIR", str(tmp_path))
-    assert shapes.default_shapes_dir() == os.path.join(str(tmp_path), "shapes-v2")
+    assert shapes.default_shapes_dir() == os.path.join(str(tmp_path), "shapes-v3")
     monkeypatch.delenv("SDN_TF_DATA_DIR")
-    expected = os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v2")
+    expected = os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v3")
     assert shapes.default_shapes_dir() == expected
 
 
@@ -202,6 +202,7 @@ def test_captions_distinct_and_complete(records):
             assert attributes["shape"] in caption
             assert any(w in caption for w in shapes.SIZE_WORDS[attributes["size"]])
             assert any(p in caption for p in shapes.POSITION_PHRASES[attributes["position"]])
+            assert attributes["background"] in caption
             assert len(caption) <= 200
             assert caption == caption.lower()
             assert caption.isascii()
@@ -282,7 +283,7 @@ def test_colour_accuracy_rendered(records, split):
 
 
 def test_colour_survives_blur_and_downsampling(tmp_path):
-    folder = shapes.build_shapes(tmp_path / "shapes-v2", image_size=128,
+    folder = shapes.build_shapes(tmp_path / "shapes-v3", image_size=128,
                                  images_per_class_train=1, images_per_class_test=1)
     images, colours = [], []
     for split in shapes.SPLITS:

@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw
 from sdn_tf.data.records import ImageRecord
 
 # Bump when rendering or captions change, so older caches are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 SPLITS = ("train", "test")
 
@@ -91,7 +91,10 @@ NUM_CAPTIONS = 10
 MAX_CAPTION_LENGTH = 200
 
 # Caption vocabulary. Every caption contains the canonical colour and shape
-# names, one word of SIZE_WORDS[size] and one phrase of POSITION_PHRASES[position].
+# names, one word of SIZE_WORDS[size], one phrase of POSITION_PHRASES[position]
+# and the background, so a caption fixes its image up to the object's jitter
+# and brightness. Then a generator trained with a pixel loss can learn every
+# part of the image, as it could not for a background that captions omit.
 SIZE_WORDS = {
     "small": ("small", "little", "tiny"),
     "medium": ("medium", "medium-sized", "mid-sized"),
@@ -118,18 +121,18 @@ BACKGROUND_STYLE_PHRASES = {
 # "an" before a vowel after formatting.
 CAPTION_TEMPLATES = (
     "a {size} {colour} {shape} {pos} on a {bg} background",
-    "there is a {size} {colour} {shape} {pos}",
-    "this picture shows a {size} {colour} {shape} {pos}",
-    "{pos} there is a {size} {colour} {shape}",
-    "an image of a {size} {colour} {shape} placed {pos}",
+    "there is a {size} {colour} {shape} {pos}, the background is {bg}",
+    "this picture shows a {size} {colour} {shape} {pos} over a {bg} background",
+    "{pos} there is a {size} {colour} {shape} against a {bg} backdrop",
+    "an image of a {size} {colour} {shape} placed {pos} on a {bg} background",
     "a {size} {shape} painted {colour}, {pos}, on a {bg} background",
-    "the {colour} {shape} is {size_adj} and sits {pos}",
-    "we can see a {size} {colour} {shape} {pos} of the picture",
-    "a simple drawing of a {size} {colour} {shape} {pos}",
+    "the {colour} {shape} is {size_adj} and sits {pos} in front of a {bg} background",
+    "we can see a {size} {colour} {shape} {pos} of the picture, with a {bg} background",
+    "a simple drawing of a {size} {colour} {shape} {pos}, {bg} all around it",
     "{size} {colour} {shape} {pos}, {bg} background",
-    "a single {colour} {shape}, {size_adj} in size, {pos}",
+    "a single {colour} {shape}, {size_adj} in size, {pos}, and the rest is {bg}",
     "{pos} of a {bg} background, a {size} {colour} {shape} stands out",
-    "the picture contains one {size} {colour} {shape} located {pos}",
+    "the picture contains one {size} {colour} {shape} located {pos} on a {bg} background",
     "a {colour} {shape} that is {size_adj}, shown {pos} against a {bg} background",
 )
 
@@ -322,11 +325,11 @@ def make_captions(colour: str, shape: str, scene: dict,
 
 
 def default_shapes_dir() -> str:
-    """Return `$SDN_TF_DATA_DIR/shapes-v2`, or `~/.cache/sdn_tf/shapes-v2` when it is unset."""
+    """Return `$SDN_TF_DATA_DIR/shapes-v3`, or `~/.cache/sdn_tf/shapes-v3` when it is unset."""
     data_dir = os.environ.get("SDN_TF_DATA_DIR")
     if data_dir:
-        return os.path.join(os.path.expanduser(data_dir), "shapes-v2")
-    return os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v2")
+        return os.path.join(os.path.expanduser(data_dir), "shapes-v3")
+    return os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v3")
 
 
 def build_shapes(root=None, seed: int = 0, image_size: int = 128,
