@@ -8,18 +8,26 @@
 set -euo pipefail
 RUN=${1:-runs/shapes_quickstart}
 TEACHER_WEIGHTS=${TEACHER_WEIGHTS:-random}
-TEXT_STEPS=${TEXT_STEPS:-2000}
-STAGE1_STEPS=${STAGE1_STEPS:-1200}
-STAGE2_STEPS=${STAGE2_STEPS:-200}
+TEXT_STEPS=${TEXT_STEPS:-1000}
+STAGE1_STEPS=${STAGE1_STEPS:-2200}
+STAGE2_STEPS=${STAGE2_STEPS:-100}
 COMMON=(--dataset=shapes --image_size=64 --teacher_weights="$TEACHER_WEIGHTS" --log_every=50)
+# Options for short runs (README, fidelity notes). The text encoder keeps
+# where the object is and how large; the generator starts He-initialised,
+# at the pixel scale, on normalised embeddings, with light tap terms.
+# Stage-II repeats the options that shape the generator.
+TEXT_OPTIONS=(--batch_size=20 --learning_rate=1e-3 --dropout=0 --feature_grid=3
+              --negatives=instance)
+GENERATOR=(--image_gain=64 --normalise_embeddings --tap_weights=all=0.05)
 
 start=$(date +%s)
 sdn-train-text --workdir="$RUN/text" "${COMMON[@]}" --max_steps="$TEXT_STEPS" \
-  --batch_size=20 --learning_rate=1e-3 --dropout=0
+  "${TEXT_OPTIONS[@]}"
 sdn-train --workdir="$RUN/stage1" --stage=1 --text_encoder="$RUN/text" "${COMMON[@]}" \
-  --max_steps="$STAGE1_STEPS" --init_image_bias --sample_every=250 --checkpoint_every=250
+  --max_steps="$STAGE1_STEPS" --generator_init=he --init_image_bias "${GENERATOR[@]}" \
+  --sample_every=250 --checkpoint_every=250
 sdn-train --workdir="$RUN/stage2" --stage=2 --init_from="$RUN/stage1" \
-  --text_encoder="$RUN/text" "${COMMON[@]}" --max_steps="$STAGE2_STEPS" \
+  --text_encoder="$RUN/text" "${COMMON[@]}" --max_steps="$STAGE2_STEPS" "${GENERATOR[@]}" \
   --sample_every=250 --checkpoint_every=250
 sdn-export --workdir="$RUN/stage2" --export_dir="$RUN/export"
 python -m sdn_tf.cli.colour_check --model="$RUN/export" --output_dir="$RUN/generated"

@@ -196,7 +196,8 @@ def _load_init_weights(config: SDNConfig, generator) -> None:
     source = config.init_from
     stored = workdir_lib.read_config(source)
     workdir_lib.check_kind(stored, source, KIND)
-    # Runs written before --image_gain existed have no such key: they had gain 1.
+    # Runs written before --image_gain and --normalise_embeddings existed lack
+    # those keys because they had gain 1 and no normalisation.
     defaults = {"image_gain": 1.0, "normalise_embeddings": False}
     for key in ("image_size", "num_images", "teacher_preset", "embedding_dim", "image_gain",
                 "normalise_embeddings"):

@@ -70,6 +70,14 @@ flags.DEFINE_string("interpolate", "", "Two captions separated by '|' for the "
                     "interpolation strip of the sdn run; empty: the first two test captions "
                     "of different classes.")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
+flags.DEFINE_enum("generator_init", "released", ("released", "he"),
+                  "Generator initialiser of every run (sdn-train --generator_init).")
+flags.DEFINE_float("image_gain", 1.0, "Fixed factor on the generator's image in every run "
+                   "(sdn-train --image_gain).", lower_bound=1e-6)
+flags.DEFINE_bool("normalise_embeddings", False, "Normalise the caption embeddings in every "
+                  "run (sdn-train --normalise_embeddings).")
+flags.DEFINE_string("tap_weights", "", "Tap weights of every run (sdn-train --tap_weights), "
+                    "for example all=0.05.")
 flags.mark_flag_as_required("out")
 
 
@@ -193,6 +201,9 @@ def train_stage(runner: Runner, stage: Stage, text_encoder: str) -> dict:
                      num_images=stage.num_images, seed=FLAGS.seed,
                      init_from=runner.path("runs", stage.init_from) if stage.init_from else None,
                      init_image_bias=FLAGS.init_image_bias and not stage.init_from,
+                     generator_init=FLAGS.generator_init, image_gain=FLAGS.image_gain,
+                     normalise_embeddings=FLAGS.normalise_embeddings,
+                     tap_weights=FLAGS.tap_weights,
                      log_every=max(stage.steps // 5, 1), checkpoint_every=stage.steps,
                      sample_every=stage.steps)
     runner.record("sdn-train", arguments)
