@@ -49,6 +49,8 @@ def test_flowers_split_by_class(tmp_path):
     daisy = next(record for record in test if record.class_id == 49)
     assert len(daisy.captions) == 10
     assert all("oxeye daisy" in caption for caption in daisy.captions)
+    assert "a photo of an oxeye daisy" in daisy.captions
+    assert not any("a oxeye" in caption for caption in daisy.captions)
     assert Path(daisy.image_path).is_file()
 
 

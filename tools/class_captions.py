@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -82,7 +83,9 @@ def read_labels(path: str) -> list:
 
 
 def captions_for(class_name: str) -> list:
-    return [template.format(name=class_name) for template in TEMPLATES]
+    """Return the NUM_CAPTIONS captions of a class, with "an" before a vowel."""
+    captions = [template.format(name=class_name) for template in TEMPLATES]
+    return [re.sub(r"\ba (?=[aeiou])", "an ", caption) for caption in captions]
 
 
 def choose_test_classes(labels: list, test_classes: list, num_test_classes: int) -> set:
