@@ -12,10 +12,10 @@ TEXT_STEPS=${TEXT_STEPS:-1000}
 STAGE1_STEPS=${STAGE1_STEPS:-2200}
 STAGE2_STEPS=${STAGE2_STEPS:-100}
 COMMON=(--dataset=shapes --image_size=64 --teacher_weights="$TEACHER_WEIGHTS" --log_every=50)
-# Options for short runs (README, fidelity notes). The text encoder keeps
-# where the object is and how large; the generator starts He-initialised,
-# at the pixel scale, on normalised embeddings, with light tap terms.
-# Stage-II repeats the options that shape the generator.
+# Options for short runs, explained in the README's fidelity notes. The text
+# encoder keeps where the object is and how large it is. The generator starts
+# He-initialised, at the pixel scale and on normalised embeddings, and its tap
+# terms weigh 0.05. Stage-II repeats the options that shape the generator.
 TEXT_OPTIONS=(--batch_size=20 --learning_rate=1e-3 --dropout=0 --feature_grid=3
               --negatives=instance)
 GENERATOR=(--image_gain=64 --normalise_embeddings --tap_weights=all=0.05)
