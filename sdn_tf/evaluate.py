@@ -489,8 +489,8 @@ def encoder_r_precision(text_encoder_dir: Optional[str], generated: np.ndarray,
 
     Images are embedded as in sdn-train-text: the teacher's pool1..pool5,
     pooled as that run pooled them (spatial means or its --feature_grid), at
-    its image size, then its learned projection. The caption pool is every caption of `records`, the images
-    whose captions are evaluated.
+    its image size, then its learned projection. The caption pool is every
+    caption of `records`, the images whose captions are evaluated.
 
     A teacher that changed since the encoder was trained (other weights,
     other random initialisation) makes the projection meaningless. So when

@@ -392,7 +392,7 @@ def test_grid_features_keep_layout():
     assert grid.shape == (2, 4 * text_train.IMAGE_FEATURE_DIM)
     # Mirrored images differ in their means only through border effects of the
     # convolutions' zero padding, and far more in their grid cells.
-    # pool1 (the first 64 channels) sees little of the padding.
+    # pool1 (the first 64 channels) is barely affected by the padding.
     mean_change = np.abs(means[0, :64] - means[1, :64]).mean()
     grid_change = np.abs(grid[0, :4 * 64] - grid[1, :4 * 64]).mean()
     assert grid_change > 5 * mean_change
@@ -408,7 +408,8 @@ def test_train_with_grid_and_instance_negatives(tiny_data, tmp_path):
         _config(tmp_path, max_steps=2, feature_grid=2, negatives="instance"), train, test)
     assert result.summary["step"] == 2
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["feature_grid"] == 2 and config["negatives"] == "instance"
+    assert config["feature_grid"] == 2
+    assert config["negatives"] == "instance"
     assert config["image_feature_dim"] == 4 * text_train.IMAGE_FEATURE_DIM
     assert "2x2 grid" in config["image_features"]
     projection = text_train.load_image_projection(str(tmp_path))

@@ -89,7 +89,8 @@ def test_image_gain_and_init_from(tmp_path, records):
     train(config(tmp_path / "stage1", generator_init="he", image_gain=64.0,
                  init_image_bias=True, max_steps=2), records, records[:2])
     stored = json.loads((tmp_path / "stage1" / "config.json").read_text())
-    assert stored["image_gain"] == 64.0 and stored["generator_init"] == "he"
+    assert stored["image_gain"] == 64.0
+    assert stored["generator_init"] == "he"
     with pytest.raises(workdir_lib.WorkdirError, match=r"image_gain=64.0.*--image_gain=64.0"):
         train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "stage1")),
               records, records[:2])

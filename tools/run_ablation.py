@@ -33,6 +33,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sdn_tf import schemes  # noqa: E402
+from sdn_tf.generator import GENERATOR_INITS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -70,7 +71,7 @@ flags.DEFINE_string("interpolate", "", "Two captions separated by '|' for the "
                     "interpolation strip of the sdn run; empty: the first two test captions "
                     "of different classes.")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
-flags.DEFINE_enum("generator_init", "released", ("released", "he"),
+flags.DEFINE_enum("generator_init", "released", GENERATOR_INITS,
                   "Generator initialiser of every run (sdn-train --generator_init).")
 flags.DEFINE_float("image_gain", 1.0, "Fixed factor on the generator's image in every run "
                    "(sdn-train --image_gain).", lower_bound=1e-6)

@@ -3,10 +3,10 @@
   python tools/time_step_parts.py --image_size=224 --batch_size=12 --precision=mixed_bfloat16
 
 tools/benchmark.py times whole steps. This tool times the parts of a
-Stage-II step one by one, so a slow part shows up: the teacher's forward pass,
-the teacher's forward pass with gradients to its input (what Stage-II
-backpropagates through), the generator's forward pass, and the generator's
-forward and backward pass with gradients to every weight. Each part runs as one tf.function on random inputs with
+Stage-II step one by one, so a slow part shows up. The parts are the
+teacher's forward pass, the teacher's forward pass with gradients to its input
+(what Stage-II backpropagates through), the generator's forward pass, and the
+generator's forward and backward pass with gradients to every weight. Each part runs as one tf.function on random inputs with
 random teacher weights; the first call compiles and is not timed, and the
 fastest of --repeats timed calls is reported. The optimizer update is not
 included.
