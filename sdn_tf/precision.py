@@ -23,6 +23,19 @@ class Policy:
     jit_compile: bool
     device: str  # "gpu" or "cpu", for the log
 
+    @property
+    def fuse_ops(self) -> bool:
+        """Whether the loss terms and the optimizer update get XLA of their own.
+
+        True on the CPU without whole-step XLA: oneDNN runs the convolutions,
+        and XLA fuses the element-wise passes of the L1 terms and of Adam.
+        Measured on a 2-core CPU, Stage-II at 224, batch 12, mixed_bfloat16:
+        2.61 s per step unfused, 2.1 to 2.2 s fused.
+        """
+        # Loss scaling (mixed_float16) keeps its plain update: its skip logic
+        # has not been tested inside XLA.
+        return self.device == "cpu" and not self.jit_compile and self.precision != "mixed_float16"
+
 
 def cpu_supports_bf16() -> bool:
     """Return True when /proc/cpuinfo lists AVX512-BF16 or AMX-BF16."""

@@ -301,7 +301,11 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
                                     config.num_images, seed=config.seed,
                                     init=config.generator_init, image_gain=config.image_gain,
                                     normalise_embeddings=config.normalise_embeddings)
-        model = SDNModel(generator, teacher, terms, config.teacher_preset, config.num_images)
+        fuse_ops = policy.fuse_ops and config.strategy == "default"
+        model = SDNModel(generator, teacher, terms, config.teacher_preset, config.num_images,
+                         fuse_ops=fuse_ops)
+        if fuse_ops:
+            logging.info("XLA compiles the loss terms and the optimizer update on their own.")
         optimizer = precision_lib.make_optimizer(policy, config.learning_rate)
         model.optimizer = optimizer
         optimizer.build(generator.trainable_variables)

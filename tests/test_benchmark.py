@@ -69,6 +69,32 @@ def test_targets_speedup_and_fraction(tool):
     assert targets["tflops_fraction_of_vgg19_bf16_forward"] == pytest.approx(0.25)
 
 
+def test_fresh_session_keeps_the_policy(tool):
+    import keras
+
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        keras.backend.clear_session()
+        # The trap fresh_session avoids: clear_session alone falls back to float32.
+        assert keras.mixed_precision.global_policy().name == "float32"
+        tool.fresh_session("mixed_bfloat16")
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        assert keras.layers.Dense(2).compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_plain_float32_is_baseline(tool):
+    assert tool.parse_policy("float32+plain") == ("float32", False)
+    rows = [row("stage2", "float32+plain", 1.0), row("stage2", "float32", 1.5),
+            row("stage2", "mixed_bfloat16", 4.0)]
+    targets = tool.summarise_targets(rows, ["float32+plain", "float32", "mixed_bfloat16"],
+                                     [224])
+    assert targets["baseline_policy"] == "float32+plain"
+    assert targets["best_policy"] == "mixed_bfloat16"
+    assert targets["speedup_over_float32"] == pytest.approx(4.0)
+
+
 def test_targets_without_baseline(tool):
     targets = tool.summarise_targets([row("stage2", "mixed_bfloat16", 3.0)],
                                      ["mixed_bfloat16"], [224])

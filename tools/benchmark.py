@@ -51,7 +51,11 @@ from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
-CPU_POLICIES = ("float32", "float32+xla", "mixed_bfloat16", "mixed_bfloat16+xla")
+# "+plain" times the step without the XLA-fused loss terms and optimizer update
+# that sdn-train uses on the CPU (`Policy.fuse_ops`): a straightforward Keras
+# step, the baseline of the speed-up target.
+CPU_POLICIES = ("float32+plain", "float32", "float32+xla", "mixed_bfloat16",
+                "mixed_bfloat16+xla")
 GPU_POLICIES = ("float32", "mixed_float16+xla", "mixed_bfloat16+xla")
 MODELS = ("stage1", "stage2", "text", "vgg19_forward")
 EMBEDDING_DIM = 1024  # Size of the rows of StackGAN's char-CNN-RNN embeddings.
@@ -62,13 +66,19 @@ TARGET_MEMORY_GIB = 8.0
 
 
 def parse_policy(name: str) -> tuple[str, bool]:
-    """Split "mixed_bfloat16+xla" into ("mixed_bfloat16", True)."""
+    """Split "mixed_bfloat16+xla" into ("mixed_bfloat16", True); "+plain" means no XLA."""
     precision, _, suffix = name.partition("+")
-    if precision not in ("float32", "mixed_bfloat16", "mixed_float16") or suffix not in ("", "xla"):
+    if (precision not in ("float32", "mixed_bfloat16", "mixed_float16")
+            or suffix not in ("", "xla", "plain")):
         raise ValueError(
             f"Invalid policy {name!r}: use float32, mixed_bfloat16 or mixed_float16, "
-            "optionally followed by +xla.")
+            "optionally followed by +xla or +plain.")
     return precision, suffix == "xla"
+
+
+def baseline_policy(policies) -> str:
+    """The policy the speed-up is measured against: float32+plain when timed, else float32."""
+    return "float32+plain" if "float32+plain" in policies else "float32"
 
 
 def parse_sizes(values) -> list[int]:
@@ -165,7 +175,8 @@ def _block(result) -> None:
         value.numpy()
 
 
-def _sdn_step(stage: int, image_size: int, batch_size: int, precision: str, use_xla: bool):
+def _sdn_step(stage: int, image_size: int, batch_size: int, precision: str, use_xla: bool,
+              plain: bool = False):
     import numpy as np
     import tensorflow as tf
 
@@ -175,10 +186,13 @@ def _sdn_step(stage: int, image_size: int, batch_size: int, precision: str, use_
     from sdn_tf.model import SDNModel
     from sdn_tf.teacher import build_teacher
 
-    policy = precision_lib.Policy(precision, use_xla, "")
+    device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    policy = precision_lib.Policy(precision, use_xla, device)
     teacher = build_teacher(image_size, "random", "released_code")
     generator = build_generator(image_size, EMBEDDING_DIM, 1, seed=0)
-    model = SDNModel(generator, teacher, stage_terms(stage), "released_code", 1)
+    # The training step as sdn-train builds it under the default strategy.
+    model = SDNModel(generator, teacher, stage_terms(stage), "released_code", 1,
+                     fuse_ops=policy.fuse_ops and not plain)
     model.optimizer = precision_lib.make_optimizer(policy, 1e-4)
     model.optimizer.build(generator.trainable_variables)
     rng = np.random.default_rng(0)
@@ -232,6 +246,18 @@ def _vgg_forward(image_size: int, batch_size: int, use_xla: bool):
     return lambda: compiled(images)
 
 
+def fresh_session(precision: str) -> None:
+    """Clear Keras' state between measurements, then set the dtype policy.
+
+    keras.backend.clear_session() also resets the global dtype policy to
+    float32, so the policy must be set after it, for every measurement.
+    """
+    import keras
+
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(precision)
+
+
 def run_policy(policy_name: str, models, sizes, batch_size: int, warmup: int, steps: int,
                max_seconds: float) -> list[dict]:
     """Time every model and size under one policy in this process.
@@ -239,14 +265,12 @@ def run_policy(policy_name: str, models, sizes, batch_size: int, warmup: int, st
     Prints each result row as a JSON line as soon as it is measured, so the
     parent keeps the finished rows of a policy that times out, and returns them.
     """
-    import keras
     import tensorflow as tf
 
     from sdn_tf.generator import count_generator_flops
     from sdn_tf.teacher import count_teacher_flops
 
     precision, use_xla = parse_policy(policy_name)
-    keras.mixed_precision.set_global_policy(precision)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     memory = _PeakMemory(on_gpu)
     rows = []
@@ -257,7 +281,7 @@ def run_policy(policy_name: str, models, sizes, batch_size: int, warmup: int, st
         jobs += [(model, size) for model in ("vgg19_forward", "stage1", "stage2")
                  if model in models]
     for model_name, size in jobs:
-        keras.backend.clear_session()
+        fresh_session(precision)
         memory.reset()
         flops_per_step = None
         if model_name == "text":
@@ -267,7 +291,8 @@ def run_policy(policy_name: str, models, sizes, batch_size: int, warmup: int, st
             flops_per_step = batch_size * count_teacher_flops(size)
         else:
             stage = 1 if model_name == "stage1" else 2
-            step = _sdn_step(stage, size, batch_size, precision, use_xla)
+            step = _sdn_step(stage, size, batch_size, precision, use_xla,
+                             plain=policy_name.endswith("+plain"))
             forward_g = count_generator_flops(size, EMBEDDING_DIM, 1)
             forward_d = count_teacher_flops(size)
             teacher_passes = 1 if stage == 1 else 3
@@ -349,15 +374,18 @@ def _find(rows, model, size, policy):
 def summarise_targets(rows, policies, sizes) -> dict:
     """Check the Stage-II throughput, TFLOP/s and memory targets at the largest size."""
     size = max(sizes)
-    baseline = _find(rows, "stage2", size, "float32")
+    baseline_name = baseline_policy(policies)
+    baseline = _find(rows, "stage2", size, baseline_name)
     candidates = [row for row in rows if row["model"] == "stage2" and row["image_size"] == size
-                  and row["policy"] != "float32"]
+                  and row["policy"] != baseline_name]
     if baseline is None or not candidates:
-        return {"note": f"Stage-II at {size} needs float32 and another policy to compare."}
+        return {"note": f"Stage-II at {size} needs {baseline_name} and another policy to "
+                        "compare."}
     best = max(candidates, key=lambda row: row["examples_per_second"])
     vgg = _find(rows, "vgg19_forward", size, "mixed_bfloat16")
     summary = {
         "image_size": size, "best_policy": best["policy"],
+        "baseline_policy": baseline_name,
         "speedup_over_float32": best["examples_per_second"] / baseline["examples_per_second"],
         "speedup_target": TARGET_SPEEDUP,
         "peak_memory_gib": best["peak_memory_bytes"] / 2 ** 30,
@@ -444,7 +472,8 @@ def define_flags() -> None:
                       "Square image sides in pixels, multiples of 32 from 64 to 224.")
     flags.DEFINE_integer("batch_size", 12, "Examples per training step.", lower_bound=1)
     flags.DEFINE_list("policies", [], "Policies to compare, each a Keras dtype policy name "
-                      "with an optional +xla suffix. Empty: "
+                      "with an optional +xla suffix (or +plain: a step without the XLA-fused loss terms "
+                      "and update of the CPU default). Empty: "
                       f"{','.join(CPU_POLICIES)} on CPU, {','.join(GPU_POLICIES)} on GPU.")
     flags.DEFINE_list("models", ["stage1", "stage2", "text"],
                       "Training steps to time: stage1, stage2, text.")
