@@ -443,6 +443,53 @@ def test_instance_negatives_use_image_ids(tiny_data, tmp_path, monkeypatch):
     assert seen[0].max() < len(train)
 
 
+def test_class_instance_negatives_groupings(tiny_data, tmp_path, monkeypatch):
+    """negatives="class+instance" gives the step one column of class ids and one of image ids."""
+    seen = []
+    real_factory = text_train._make_train_step
+
+    def factory(*args, **kwargs):
+        real_step = real_factory(*args, **kwargs)
+
+        def step(onehot, features, groups):
+            seen.append(groups.numpy())
+            return real_step(onehot, features, groups)
+
+        return step
+
+    monkeypatch.setattr(text_train, "_make_train_step", factory)
+    train, _ = tiny_data
+    result = text_train.train_text_encoder(
+        _config(tmp_path, max_steps=2, negatives="class+instance"), train)
+    assert result.summary["step"] == 2
+    groups = seen[0]
+    assert groups.shape[1] == 2
+    class_of_image = {index: record.class_id for index, record in enumerate(train)}
+    # Column 0 holds class ids, column 1 the image row each caption belongs to.
+    assert [class_of_image[int(i)] for i in groups[:, 1]] == list(groups[:, 0])
+    assert len(np.unique(groups[:, 1])) > len(np.unique(groups[:, 0]))
+
+
+def test_summed_negatives_loss():
+    """The two-column step loss equals the class term plus the instance term."""
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+    texts = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+    classes = tf.constant([0, 0, 1, 1, 2, 2])
+    instances = tf.range(6)
+    class_term, _ = enc.ds_sje_loss(images, texts, classes)
+    instance_term, _ = enc.ds_sje_loss(images, texts, instances)
+    assert float(instance_term) != pytest.approx(float(class_term))
+    # The step sums one term per column of `groups`; rebuild it with a linear
+    # projection and an identity "text model" to read the loss back.
+    text_model = keras.Sequential([keras.Input((4,)), keras.layers.Identity()])
+    projection = keras.Sequential([keras.Input((4,)), keras.layers.Identity()])
+    optimizer = keras.optimizers.SGD(0.0)
+    step = text_train._make_train_step(text_model, projection, optimizer, 1.0, False)
+    loss, _ = step(texts, images, tf.stack([classes, instances], axis=1))
+    assert float(loss) == pytest.approx(float(class_term) + float(instance_term), rel=1e-5)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"negatives": "pairs"}, "negatives='pairs'"),
     ({"feature_grid": 0}, "feature_grid=0"),

@@ -33,10 +33,10 @@ def define_text_flags() -> None:
     flags.DEFINE_integer("feature_grid", 1, "Pool each teacher tap to a grid x grid layout "
                          "for the image features; 1 (Reed et al.) takes spatial means and "
                          "so drops where objects are.", lower_bound=1, upper_bound=7)
-    flags.DEFINE_enum("negatives", "class", ("class", "instance"),
-                      "DS-SJE negatives: captions and images of other classes (Reed et al.) "
-                      "or of every other image, which teaches within-class detail such as "
-                      "position and size.")
+    flags.DEFINE_enum("negatives", "class", ("class", "instance", "class+instance"),
+                      "DS-SJE negatives: captions and images of other classes (Reed et al.), "
+                      "of every other image, which teaches within-class detail such as "
+                      "position and size, or both losses summed.")
     # Defaults that differ from the generator's: the DS-SJE loss needs
     # negatives of other classes in each batch, so batches are larger, and
     # 7e-4 is the learning rate of StackGAN's CUB encoder.

@@ -39,7 +39,7 @@ from sdn_tf.text import encoder as encoder_lib
 
 IMAGE_FEATURE_TAPS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 IMAGE_FEATURE_DIM = 64 + 128 + 256 + 512 + 512
-NEGATIVES = ("class", "instance")
+NEGATIVES = ("class", "instance", "class+instance")
 
 
 def image_feature_dim(grid: int = 1) -> int:
@@ -108,6 +108,10 @@ class TextTrainConfig:
     # a class looks like, not where things are. feature_grid > 1 keeps a coarse
     # layout and negatives="instance" contrasts every other image, which lets
     # the embedding carry the position and size that captions state.
+    # "class+instance" sums both losses: the class term makes the embedding
+    # tell classes apart (colour and shape on `shapes`), which the instance
+    # term alone rarely asks for when a batch's images already differ in
+    # position or background.
     feature_grid: int = 1
     negatives: str = "class"
     on_nan: str = "stop"
@@ -128,7 +132,8 @@ class TextTrainConfig:
         if self.on_nan not in ("stop", "restore"):
             raise ValueError(f"on_nan={self.on_nan!r}; use stop or restore.")
         if self.negatives not in NEGATIVES:
-            raise ValueError(f"negatives={self.negatives!r}; use class or instance.")
+            raise ValueError(f"negatives={self.negatives!r}; use one of "
+                             f"{', '.join(NEGATIVES)}.")
         if not 1 <= self.feature_grid <= 7:
             raise ValueError(f"feature_grid={self.feature_grid} must be from 1 to 7 (pool5 "
                              "is 7x7 at 224 pixels); 1 takes spatial means.")
@@ -477,13 +482,22 @@ def _make_train_step(text_model, image_projection, optimizer, margin: float, jit
     variables = text_model.trainable_variables + image_projection.trainable_variables
 
     @tf.function(jit_compile=jit, autograph=False)
-    def train_step(onehot, features, class_ids):
-        """Return (loss, accuracy); the update is applied only when the loss is finite."""
+    def train_step(onehot, features, groups):
+        """Return (loss, accuracy); the update is applied only when the loss is finite.
+
+        `groups` is [B] or [B, K]: one DS-SJE term per column, summed.
+        Accuracy is that of the last column (the image, under "class+instance").
+        """
+        if groups.shape.rank == 1:
+            groups = groups[:, None]
         with tf.GradientTape() as tape:
             text_embeddings = text_model(onehot, training=True)
             image_embeddings = image_projection(features, training=True)
-            loss, accuracy = encoder_lib.ds_sje_loss(image_embeddings, text_embeddings,
-                                                     class_ids, margin)
+            loss = tf.constant(0.0, tf.float32)
+            for column in range(groups.shape[1]):
+                term, accuracy = encoder_lib.ds_sje_loss(image_embeddings, text_embeddings,
+                                                         groups[:, column], margin)
+                loss += term
             scaled_loss = optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
 
@@ -609,6 +623,11 @@ def _train_loop(config, pairs, train_features, text_model, image_projection, opt
     train_step = _make_train_step(text_model, image_projection, optimizer, config.margin,
                                   resolve_jit_compile(config.jit_compile))
     writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
+    # DS-SJE never treats a pair with the same group id as a negative: the
+    # class (Reed et al.), the image (negatives="instance"), or one term each.
+    columns = {"class": [pairs.class_ids], "instance": [pairs.image_index],
+               "class+instance": [pairs.class_ids, pairs.image_index]}[config.negatives]
+    groups = np.stack(columns, axis=1)
 
     window = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "start": time.time()}
     last_window = {}
@@ -618,9 +637,6 @@ def _train_loop(config, pairs, train_features, text_model, image_projection, opt
         batch = schedule.batch(current + int(checkpoint.data_offset.numpy()))
         onehot = encode(tf.constant(list(pairs.captions[batch]), tf.string))
         batch_features = tf.constant(train_features[pairs.image_index[batch]])
-        # DS-SJE never treats a pair with the same group id as a negative:
-        # the class (Reed et al.) or, with negatives="instance", the image.
-        groups = pairs.class_ids if config.negatives == "class" else pairs.image_index
         loss, accuracy = train_step(onehot, batch_features, tf.constant(groups[batch]))
         current += 1
         if not math.isfinite(float(loss)):
