@@ -1,22 +1,14 @@
 """tools/attribute_oracle.py: attribute codes in place of caption embeddings."""
 
 import dataclasses
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
-TOOL_FILE = os.path.join(os.path.dirname(__file__), "..", "tools", "attribute_oracle.py")
-
-
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("attribute_oracle", TOOL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("attribute_oracle")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """tools/benchmark.py: policy and size parsing, FLOP counts, targets and the table."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -14,11 +13,8 @@ TOOL_FILE = pathlib.Path(__file__).resolve().parents[1] / "tools" / "benchmark.p
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("benchmark")
 
 
 def row(model, policy, examples, tflops=1.0, memory=2 ** 30, size=224):

@@ -1,20 +1,12 @@
 """tools/probe_embeddings.py: linear probes and variance shares on known embeddings."""
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
 
-TOOL_FILE = os.path.join(os.path.dirname(__file__), "..", "tools", "probe_embeddings.py")
-
-
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("probe_embeddings", TOOL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("probe_embeddings")
 
 
 def _labels(rng, count, values):

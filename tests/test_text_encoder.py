@@ -420,8 +420,8 @@ def test_train_with_grid_and_instance_negatives(tiny_data, tmp_path):
             _config(tmp_path, max_steps=3, feature_grid=1, negatives="instance"), train, test)
 
 
-def test_instance_negatives_use_image_ids(tiny_data, tmp_path, monkeypatch):
-    """With negatives="instance", two images of one class are each other's negatives."""
+def _record_groups(monkeypatch) -> list:
+    """Wrap the text training step so each call's `groups` argument is appended to a list."""
     seen = []
     real_factory = text_train._make_train_step
 
@@ -435,6 +435,12 @@ def test_instance_negatives_use_image_ids(tiny_data, tmp_path, monkeypatch):
         return step
 
     monkeypatch.setattr(text_train, "_make_train_step", factory)
+    return seen
+
+
+def test_instance_negatives_use_image_ids(tiny_data, tmp_path, monkeypatch):
+    """With negatives="instance", two images of one class are each other's negatives."""
+    seen = _record_groups(monkeypatch)
     train, _ = tiny_data
     text_train.train_text_encoder(_config(tmp_path, max_steps=1, negatives="instance"), train)
     # Image rows run from 0 to 11 (three classes of four images): more distinct
@@ -445,19 +451,7 @@ def test_instance_negatives_use_image_ids(tiny_data, tmp_path, monkeypatch):
 
 def test_class_instance_negatives_groupings(tiny_data, tmp_path, monkeypatch):
     """negatives="class+instance" gives the step one column of class ids and one of image ids."""
-    seen = []
-    real_factory = text_train._make_train_step
-
-    def factory(*args, **kwargs):
-        real_step = real_factory(*args, **kwargs)
-
-        def step(onehot, features, groups):
-            seen.append(groups.numpy())
-            return real_step(onehot, features, groups)
-
-        return step
-
-    monkeypatch.setattr(text_train, "_make_train_step", factory)
+    seen = _record_groups(monkeypatch)
     train, _ = tiny_data
     result = text_train.train_text_encoder(
         _config(tmp_path, max_steps=2, negatives="class+instance"), train)
