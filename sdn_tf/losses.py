@@ -68,11 +68,10 @@ def per_example_l1(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.reshape(diff, [tf.shape(diff)[0], -1]), axis=1)
 
 
-# The same term compiled on its own by XLA. Outside XLA each of its casts,
-# the subtraction, the absolute value and their gradients is a separate pass
-# over a tap tensor; XLA fuses them into a few. Used by training steps that
-# are not compiled as a whole (the CPU default, where XLA convolutions are
-# slower than oneDNN's); it computes the same float32 value.
+# The same term, compiled on its own by XLA, for training steps that are not
+# compiled as a whole (the CPU default, because oneDNN's convolutions are
+# faster there). Without XLA, each cast, the subtraction, the absolute value
+# and their gradients make a separate pass over a tap tensor.
 fused_per_example_l1 = tf.function(per_example_l1, jit_compile=True, autograph=False)
 
 

@@ -459,7 +459,7 @@ def test_class_instance_negatives_groupings(tiny_data, tmp_path, monkeypatch):
     groups = seen[0]
     assert groups.shape[1] == 2
     class_of_image = {index: record.class_id for index, record in enumerate(train)}
-    # Column 0 holds class ids, column 1 the image row each caption belongs to.
+    # Column 0 contains class ids, column 1 the image row of each caption.
     assert [class_of_image[int(i)] for i in groups[:, 1]] == list(groups[:, 0])
     assert len(np.unique(groups[:, 1])) > len(np.unique(groups[:, 0]))
 

@@ -77,7 +77,7 @@ def parse_policy(name: str) -> tuple[str, bool]:
 
 
 def baseline_policy(policies) -> str:
-    """The policy the speed-up is measured against: float32+plain when timed, else float32."""
+    """Return the policy of the speed-up baseline: float32+plain when timed, else float32."""
     return "float32+plain" if "float32+plain" in policies else "float32"
 
 

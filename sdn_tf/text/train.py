@@ -110,7 +110,7 @@ class TextTrainConfig:
     # the embedding carry the position and size that captions state.
     # "class+instance" sums both losses: the class term makes the embedding
     # tell classes apart (colour and shape on `shapes`), which the instance
-    # term alone rarely asks for when a batch's images already differ in
+    # term alone rarely requires when a batch's images already differ in
     # position or background.
     feature_grid: int = 1
     negatives: str = "class"
