@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from sdn_tf import generate
 from sdn_tf.data import shapes
 from sdn_tf.data.datasets import load_split
+from sdn_tf.cli.errors import run_program
 
 flags.DEFINE_string("model", None, "SavedModel folder written by sdn-export.")
 flags.DEFINE_string("data_dir", None, "Folder of the shapes dataset (default: its cache).")
@@ -73,7 +74,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_program(main)
 
 
 if __name__ == "__main__":

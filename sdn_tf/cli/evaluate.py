@@ -11,6 +11,7 @@ retrieval.png to --output_dir.
 from absl import app, flags
 
 from sdn_tf.evaluate import INCEPTION_SPLITS, METRICS, R_PRECISION_MISMATCHED, EvalConfig, evaluate
+from sdn_tf.cli.errors import run_program
 
 FLAGS = flags.FLAGS
 
@@ -85,7 +86,7 @@ def main(argv):
 
 def run():
     define_eval_flags()
-    app.run(main)
+    run_program(main)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 from absl import app, flags
 
 from sdn_tf.export import export
+from sdn_tf.cli.errors import run_program
 
 flags.DEFINE_string("workdir", None, "Workdir of a finished sdn-train run.")
 flags.DEFINE_string("export_dir", None, "Folder for the SavedModel; replaced if it exists.")
@@ -22,7 +23,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_program(main)
 
 
 if __name__ == "__main__":

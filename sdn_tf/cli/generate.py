@@ -7,6 +7,7 @@
 from absl import app, flags, logging
 
 from sdn_tf import generate
+from sdn_tf.cli.errors import run_program
 
 flags.DEFINE_string("model", None, "SavedModel folder written by sdn-export.")
 flags.DEFINE_list("captions", [], "Captions separated by commas.")
@@ -45,7 +46,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_program(main)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from absl import app
 from sdn_tf import flags as sdn_flags
 from sdn_tf.schemes import check_scheme, default_stage
 from sdn_tf.train import SDNConfig, train
+from sdn_tf.cli.errors import run_program
 
 FLAGS = sdn_flags.FLAGS
 
@@ -54,7 +55,7 @@ def run():
     sdn_flags.define_teacher_flags()
     sdn_flags.define_run_flags()
     sdn_flags.define_sdn_flags()
-    app.run(main)
+    run_program(main)
 
 
 if __name__ == "__main__":

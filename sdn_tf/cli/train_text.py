@@ -15,6 +15,7 @@ from absl import app, flags
 from sdn_tf import flags as sdn_flags
 from sdn_tf.text.encoder import RNN_TYPES
 from sdn_tf.text.train import TextTrainConfig, train_text_encoder
+from sdn_tf.cli.errors import run_program
 
 FLAGS = sdn_flags.FLAGS
 
@@ -69,7 +70,7 @@ def run():
     sdn_flags.define_teacher_flags()
     sdn_flags.define_run_flags()
     define_text_flags()
-    app.run(main)
+    run_program(main)
 
 
 if __name__ == "__main__":

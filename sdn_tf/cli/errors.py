@@ -1,0 +1,47 @@
+"""Turn the errors a user can fix into one message line and exit status 1.
+
+A missing file, a mismatched workdir or a bad value raises an exception whose
+message already names the value and the fix. A traceback of 30 to 100 lines in
+front of it hides that line, so the programs print the message alone. Set
+SDN_TF_TRACEBACK=1 to see the traceback as well, for example when reporting a
+bug.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from absl import app
+
+from sdn_tf.workdir import WorkdirError
+
+TRACEBACK_VARIABLE = "SDN_TF_TRACEBACK"
+
+# Errors whose messages in this package say what to change. RuntimeError
+# covers a teacher or Inception download that failed without internet.
+USER_ERRORS = (WorkdirError, ValueError, OSError, RuntimeError)
+
+
+def with_clear_errors(main: Callable) -> Callable:
+    """Wrap an absl `main` so that USER_ERRORS print one line and exit with status 1."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+                raise
+            program = os.path.basename(sys.argv[0]) if sys.argv else "sdn_tf"
+            print(f"{program}: error: {error}\n(Set {TRACEBACK_VARIABLE}=1 to see the "
+                  "traceback.)", file=sys.stderr)
+            sys.exit(1)
+
+    wrapped.__doc__ = main.__doc__
+    return wrapped
+
+
+def run_program(main: Callable) -> None:
+    """`app.run(main)` with the errors of `with_clear_errors` printed as one line."""
+    app.run(with_clear_errors(main))
