@@ -80,6 +80,8 @@ class SDNConfig:
     on_nan: str = "stop"
     max_nan_restores: int = 3
     embedding_dim: int = 0  # filled in from the text embeddings
+    # Filled in from --text_encoder's weights file (`encoder.weights_digest`).
+    text_encoder_digest: Optional[str] = None
     strategy: str = "default"  # see sdn_tf.distribute.STRATEGIES
 
     def resolved(self) -> dict:
@@ -192,29 +194,83 @@ class _Samples:
                             step=step)
 
 
-def _load_init_weights(config: SDNConfig, generator) -> None:
+def _check_text_encoder_unchanged(stored: dict, config: SDNConfig, where: str) -> None:
+    """Raise when the run described by `stored` embedded captions with other encoder weights.
+
+    Runs written before the digest was recorded lack it and pass.
+    """
+    old = stored.get("text_encoder_digest")
+    if old is None or config.text_encoder_digest is None or old == config.text_encoder_digest:
+        return
+    raise workdir_lib.WorkdirError(
+        f"{where} embedded its captions with text encoder weights {old} "
+        f"({stored.get('text_encoder')}), but --text_encoder={config.text_encoder!r} now "
+        f"holds weights {config.text_encoder_digest}: the encoder was retrained or replaced, "
+        "and the generator's embeddings and their statistics would no longer match. Use "
+        "the encoder that run used, or start a new --workdir with this one.")
+
+
+def _check_init_from(config: SDNConfig) -> None:
+    """Check --init_from before any data is loaded: kind, generator settings, weights file."""
     source = config.init_from
     stored = workdir_lib.read_config(source)
     workdir_lib.check_kind(stored, source, KIND)
     # Runs written before --image_gain and --normalise_embeddings existed lack
     # those keys because they had gain 1 and no normalisation.
     defaults = {"image_gain": 1.0, "normalise_embeddings": False}
-    for key in ("image_size", "num_images", "teacher_preset", "embedding_dim", "image_gain",
-                "normalise_embeddings"):
+    keys = ["image_size", "num_images", "teacher_preset", "image_gain", "normalise_embeddings"]
+    if config.embedding_dim:
+        keys.insert(3, "embedding_dim")
+    for key in keys:
         if stored.get(key, defaults.get(key)) != getattr(config, key):
             raise workdir_lib.WorkdirError(
                 f"--init_from={source!r} was trained with {key}={stored.get(key)!r}, but this "
                 f"run uses {key}={getattr(config, key)!r}; the generators do not fit. "
                 f"Pass --{key}={stored.get(key, defaults.get(key))!r} to this run."
             )
+    _check_text_encoder_unchanged(stored, config, f"--init_from={source!r}")
     path = os.path.join(source, GENERATOR_WEIGHTS)
     if not os.path.isfile(path):
         raise workdir_lib.WorkdirError(
             f"{path!r} not found: the run in --init_from={source!r} has not finished. "
             "Rerun its sdn-train command to completion first."
         )
+
+
+def _load_init_weights(config: SDNConfig, generator) -> None:
+    _check_init_from(config)
+    path = os.path.join(config.init_from, GENERATOR_WEIGHTS)
     generator.load_weights(path)
-    logging.info("Initialised the generator from %s (Stage %s run).", path, stored.get("stage"))
+    stage = workdir_lib.read_config(config.init_from).get("stage")
+    logging.info("Initialised the generator from %s (Stage %s run).", path, stage)
+
+
+def _check_before_loading(config: SDNConfig) -> None:
+    """Raise the errors a user can fix before the slow work of loading and embedding.
+
+    Embedding every training caption takes most of a minute on a CPU, and
+    the run writes its config.json only after these checks pass.
+    """
+    if config.text_embeddings == "encoder":
+        if not config.text_encoder:
+            raise ValueError(
+                "--text_embeddings=encoder needs --text_encoder=WORKDIR, the workdir of an "
+                "sdn-train-text run.")
+        from sdn_tf.text.encoder import weights_digest
+
+        _text_encoder(config.text_encoder)  # names a missing or unfinished encoder
+        config.text_encoder_digest = weights_digest(config.text_encoder)
+    # embedding_dim is known only after embedding; open_workdir checks it later.
+    early_keys = [key for key in MUST_MATCH if key != "embedding_dim"]
+    state, _ = workdir_lib.check_resume(config.workdir, KIND, config.resolved(), early_keys)
+    if state == "resume":
+        _check_text_encoder_unchanged(workdir_lib.read_config(config.workdir), config,
+                                      f"The run in --workdir={config.workdir!r}")
+    if config.init_from:
+        _check_init_from(config)
+    elif config.stage == 2:
+        logging.warning("Stage-II starts from a randomly initialised generator. SDN trains "
+                        "Stage-II from a Stage-I result: pass --init_from=STAGE1_WORKDIR.")
 
 
 def _set_image_bias_to_mean(generator, images: np.ndarray, config: SDNConfig) -> None:
@@ -267,6 +323,12 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     if own_workdir != config.workdir:
         config = dataclasses.replace(config, workdir=own_workdir)
 
+    _check_before_loading(config)
+    with strategy.scope():
+        # Before the data, so a bad --teacher_weights fails within seconds.
+        teacher = build_teacher(config.image_size, config.teacher_weights,
+                                config.teacher_preset)
+
     if train_records is None:
         train_records = load_split(config.dataset, config.data_dir, "train",
                                    use_embeddings=config.text_embeddings == "pickle",
@@ -295,8 +357,6 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         test_records = sample_records
 
     with strategy.scope():
-        teacher = build_teacher(config.image_size, config.teacher_weights,
-                                config.teacher_preset)
         generator = build_generator(config.image_size, config.embedding_dim,
                                     config.num_images, seed=config.seed,
                                     init=config.generator_init, image_gain=config.image_gain,

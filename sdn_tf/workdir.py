@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from typing import Mapping, Sequence
 
@@ -72,13 +73,58 @@ def check_kind(config: Mapping, workdir: str, kind: str) -> None:
         )
 
 
-def open_workdir(workdir: str, kind: str, config: Mapping, must_match: Sequence[str]) -> bool:
+def has_progress(workdir: str) -> bool:
+    """Return True when `workdir` has a checkpoint or a final weights file."""
+    directory = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(directory) and _checkpoint_numbers_on_disk(directory):
+        return True
+    return any(name.endswith(".weights.h5") for name in os.listdir(workdir))
+
+
+def check_resume(workdir: str, kind: str, config: Mapping,
+                 must_match: Sequence[str]) -> tuple[str, list]:
+    """Say how a run with `config` would use `workdir`, without writing anything.
+
+    Returns (state, differences). state is "new" (no config.json), "resume"
+    (the stored settings in `must_match` equal `config`'s) or "restart": the
+    stored run differs but stopped before its first checkpoint, so nothing
+    trained is lost by starting it again with `config`. A run that failed at
+    start-up (a teacher download without internet, a missing --init_from)
+    then does not block the corrected command. differences lists
+    (key, stored, new) for "restart".
+
+    Raises:
+      WorkdirError: when the workdir contains a run of another kind, or a run
+        with checkpoints whose settings differ, naming both values.
+    """
+    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        return "new", []
+    stored = read_config(workdir)
+    check_kind(stored, workdir, kind)
+    differences = [(key, stored.get(key), config.get(key)) for key in must_match
+                   if stored.get(key) != config.get(key)]
+    if not differences:
+        return "resume", []
+    if not has_progress(workdir):
+        return "restart", differences
+    key, old, new = differences[0]
+    raise WorkdirError(
+        f"Workdir {workdir!r} was started with {key}={old!r}, but this run asks for "
+        f"{key}={new!r}. Use the stored value to resume, or choose a new --workdir."
+    )
+
+
+def open_workdir(workdir: str, kind: str, config: Mapping, must_match: Sequence[str],
+                 derived: Sequence[str] = ()) -> bool:
     """Create or reopen a workdir and return True when it already holds a run.
 
     Checks that the folder is writable before any training starts. A new run
     writes `config` as config.json; a resumed run compares the keys in
     `must_match` with the stored values and raises WorkdirError on the first
-    difference, naming both values.
+    difference, naming both values. A stored run without any checkpoint is
+    started again with `config` instead (see `check_resume`), after removing
+    the files and folders in `derived` (paths relative to the workdir that
+    were computed under the old settings).
     """
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -93,21 +139,24 @@ def open_workdir(workdir: str, kind: str, config: Mapping, must_match: Sequence[
             "--workdir on a disk with free space where you have write permission."
         ) from None
     config_path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        write_json_atomically(config_path, dict(config, kind=kind))
+    state, differences = check_resume(workdir, kind, config, must_match)
+    if state == "resume":
+        logging.info("Resuming the %s run in %s.", kind, workdir)
+        return True
+    if state == "restart":
+        changes = ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
+        logging.warning("The %s run in %s stopped before its first checkpoint; starting it "
+                        "again with this run's settings (%s).", kind, workdir, changes)
+        for name in derived:
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    write_json_atomically(config_path, dict(config, kind=kind))
+    if state == "new":
         logging.info("Started a new %s run in %s.", kind, workdir)
-        return False
-    stored = read_config(workdir)
-    check_kind(stored, workdir, kind)
-    for key in must_match:
-        if stored.get(key) != config.get(key):
-            raise WorkdirError(
-                f"Workdir {workdir!r} was started with {key}={stored.get(key)!r}, but this run "
-                f"asks for {key}={config.get(key)!r}. Use the stored value to resume, or "
-                "choose a new --workdir."
-            )
-    logging.info("Resuming the %s run in %s.", kind, workdir)
-    return True
+    return False
 
 
 def checkpoint_manager(checkpoint: tf.train.Checkpoint, workdir: str,

@@ -294,3 +294,66 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     assert actual["step"] == expected["step"] == 10
     for name in ("loss", "image"):
         np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4)
+
+
+# A run that fails at start-up must not block the corrected command.
+
+def test_bad_teacher_file_fails_before_config(tmp_path, records):
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        train(config(tmp_path / "run", teacher_weights=str(tmp_path / "missing.h5")),
+              records, records[:2])
+    assert not (tmp_path / "run" / workdir_lib.CONFIG_FILE).exists()
+
+
+def test_run_without_checkpoint_restarts_with_new_settings(tmp_path, records):
+    workdir = tmp_path / "run"
+    stale = dict(vars(config(workdir)), stage=2, teacher_weights="imagenet")
+    workdir_lib.open_workdir(str(workdir), "sdn", stale, ["stage"])
+    train(config(workdir), records, records[:2])
+    stored = workdir_lib.read_config(str(workdir))
+    assert stored["stage"] == 1
+    assert stored["teacher_weights"] == "random"
+
+
+def test_check_resume_states(tmp_path):
+    workdir = str(tmp_path)
+    assert workdir_lib.check_resume(workdir, "sdn", {"stage": 1}, ["stage"]) == ("new", [])
+    workdir_lib.open_workdir(workdir, "sdn", {"stage": 1}, ["stage"])
+    assert workdir_lib.check_resume(workdir, "sdn", {"stage": 1}, ["stage"]) == ("resume", [])
+    assert workdir_lib.check_resume(workdir, "sdn", {"stage": 2}, ["stage"]) == (
+        "restart", [("stage", 1, 2)])
+    saved_steps(tmp_path, [0])
+    with pytest.raises(workdir_lib.WorkdirError, match="stage=1.*stage=2"):
+        workdir_lib.check_resume(workdir, "sdn", {"stage": 2}, ["stage"])
+
+
+def test_restart_removes_derived_files(tmp_path):
+    workdir = str(tmp_path)
+    workdir_lib.open_workdir(workdir, "text_encoder", {"teacher_weights": "imagenet"},
+                             ["teacher_weights"])
+    (tmp_path / "image_features").mkdir()
+    (tmp_path / "image_features" / "train.npz").write_bytes(b"old features")
+    resumed = workdir_lib.open_workdir(workdir, "text_encoder", {"teacher_weights": "random"},
+                                       ["teacher_weights"], derived=["image_features"])
+    assert not resumed
+    assert not (tmp_path / "image_features").exists()
+    assert workdir_lib.read_config(workdir)["teacher_weights"] == "random"
+
+
+@slow
+def test_retrained_text_encoder_rejected(tmp_path, records, text_encoder_dir):
+    from sdn_tf.text.encoder import load_text_encoder, save_text_encoder
+
+    encoder_dir = str(tmp_path / "text")
+    shutil.copytree(text_encoder_dir, encoder_dir)
+    encoder_config = dict(text_embeddings="encoder", text_encoder=encoder_dir)
+    train(config(tmp_path / "stage1", **encoder_config), records, records[:2])
+    # Training the encoder further rewrites its weights file.
+    model = load_text_encoder(encoder_dir).model
+    model.set_weights([weight + 0.01 for weight in model.get_weights()])
+    save_text_encoder(model, encoder_dir)
+    with pytest.raises(workdir_lib.WorkdirError, match="retrained or replaced"):
+        train(config(tmp_path / "stage1", **encoder_config), records, records[:2])
+    with pytest.raises(workdir_lib.WorkdirError, match="init_from.*retrained or replaced"):
+        train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "stage1"),
+                     **encoder_config), records, records[:2])

@@ -19,7 +19,7 @@ from sdn_tf.workdir import WorkdirError
 
 TRACEBACK_VARIABLE = "SDN_TF_TRACEBACK"
 
-# Errors whose messages in this package say what to change. RuntimeError
+# Errors whose messages in this package name the value and the fix. RuntimeError
 # covers a teacher or Inception download that failed without internet.
 USER_ERRORS = (WorkdirError, ValueError, OSError, RuntimeError)
 

@@ -300,6 +300,21 @@ def load_text_encoder(workdir: str) -> TextEncoder:
     return TextEncoder(model, config)
 
 
+def weights_digest(workdir: str) -> str:
+    """Return the first 16 hex digits of the SHA-256 of the finished encoder's weights file.
+
+    sdn-train records it, so a run resumed after the encoder was trained
+    further (which rewrites the file) is caught instead of mixing embeddings.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(os.path.join(workdir, WEIGHTS_FILE), "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def save_text_encoder(model: keras.Model, workdir: str) -> str:
     """Write the encoder's weights as `workdir/text_encoder.weights.h5` and return the path.
 
@@ -315,6 +330,7 @@ def save_text_encoder(model: keras.Model, workdir: str) -> str:
 
 __all__ = [
     "ALPHABET", "MAX_LENGTH", "RNN_TYPES", "CNN_OUTPUT_STEPS", "WEIGHTS_FILE",
+    "weights_digest",
     "WORKDIR_KIND", "captions_to_onehot", "caption_lengths", "caption_length_exceeds",
     "build_text_encoder", "cnn_output_steps", "ds_sje_loss", "TextEncoder",
     "build_from_config", "check_encoding_config", "load_text_encoder", "save_text_encoder",

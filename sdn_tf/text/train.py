@@ -545,7 +545,7 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
     config = as_config(config)
     stored_config = workdir_config(config)
     workdir_lib.open_workdir(config.workdir, encoder_lib.WORKDIR_KIND, stored_config,
-                             MUST_MATCH)
+                             MUST_MATCH, derived=(FEATURE_CACHE_DIR,))
     keras.utils.set_random_seed(config.seed)  # also fixes a random-weight teacher
 
     if records is None:
@@ -601,7 +601,7 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
 
     num_steps = total_steps(config, len(pairs))
     start_step = int(step.numpy())
-    logging.info("%d images, %d (image, caption) pairs, batch %d: %.1f steps per epoch; "
+    logging.info("%d images, %d (image, caption) pairs, batch %d: %g steps per epoch; "
                  "training steps %d to %d.", len(records), len(pairs), config.batch_size,
                  len(pairs) / config.batch_size, start_step, num_steps)
 
