@@ -275,7 +275,7 @@ def test_diverse_generate_writes_two_pngs(tmp_path, diverse_export):
     output = tmp_path / "generated"
     result = subprocess.run(
         [sys.executable, "-m", "sdn_tf.cli.generate", f"--model={diverse_export['export']}",
-         "--captions=a red square,a blue circle", f"--output_dir={output}"],
+         "--captions=a red square", "--captions=a blue circle", f"--output_dir={output}"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(path.name for path in output.glob("*.png") if path.name[0].isdigit())

@@ -202,9 +202,8 @@ def generated(exported, tmp_path_factory):
     """Run sdn-generate once on a normal, an empty and an over-long caption."""
     output_dir = tmp_path_factory.mktemp("generated")
     long_caption = "x" * 250
-    result = run_generate(f"--model={exported}",
-                          f"--captions=a red bird,,{long_caption}",
-                          f"--output_dir={output_dir}")
+    result = run_generate(f"--model={exported}", "--captions=a red bird", "--captions=",
+                          f"--captions={long_caption}", f"--output_dir={output_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return result, output_dir
 
@@ -254,3 +253,34 @@ def test_generate_rejects_folder_without_model(tmp_path):
     assert result.returncode != 0
     assert f"{str(tmp_path)!r} holds no SavedModel" in result.stderr
     assert "saved_model.pb" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def fake_model(tmp_path_factory):
+    """Save a SavedModel with the exported signature that draws black 8x8 images.
+
+    The tests of sdn-generate's own logic need no trained networks, and this
+    model saves in seconds where the real export takes minutes.
+    """
+    import tensorflow as tf
+
+    class BlackImages(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="captions")])
+        def serve(self, captions):
+            images = tf.zeros([tf.shape(captions)[0], 1, 8, 8, 3], tf.uint8)
+            return {"images": images[:, 0], "all_images": images}
+
+    folder = tmp_path_factory.mktemp("fake_model")
+    module = BlackImages()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return folder
+
+
+def test_generate_keeps_commas_in_caption(fake_model, tmp_path):
+    captions = ["a small bird, red with black wings", "a yellow flower"]
+    result = run_generate(f"--model={fake_model}", f"--captions={captions[0]}",
+                          f"--captions={captions[1]}", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (tmp_path / "captions.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == [f"0001\t{captions[0]}", f"0002\t{captions[1]}"]
+    assert "Wrote 2 images and contact_sheet.png" in result.stderr

@@ -1,7 +1,10 @@
 """sdn-generate: images from captions with a model written by sdn-export.
 
-  sdn-generate --model=runs/export --captions="a large red circle in the centre" \
-      --output_dir=samples
+  sdn-generate --model=runs/export --output_dir=samples \
+      --captions="a small bird, red with black wings" --captions="a yellow flower"
+
+Pass --captions once per caption. Commas inside a caption are kept, as in
+real CUB and Oxford-102 captions. --captions_file reads one caption per line.
 """
 
 from absl import app, flags, logging
@@ -10,7 +13,9 @@ from sdn_tf import generate
 from sdn_tf.cli.errors import run_program
 
 flags.DEFINE_string("model", None, "SavedModel folder written by sdn-export.")
-flags.DEFINE_list("captions", [], "Captions separated by commas.")
+flags.DEFINE_multi_string("captions", [], "One caption, commas included. Repeat the flag "
+                          "for more captions: --captions=\"a red bird\" "
+                          "--captions=\"a yellow flower\".")
 flags.DEFINE_string("captions_file", None, "UTF-8 text file with one caption per line.")
 flags.DEFINE_string("output_dir", "generated", "Folder for the PNG files and contact sheet.")
 flags.mark_flag_as_required("model")
