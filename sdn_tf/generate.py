@@ -1,7 +1,8 @@
 """Generate images from captions with an exported SDN SavedModel.
 
-Only TensorFlow, NumPy and Pillow are needed here: the SavedModel carries the
-text encoder and the generator.
+The SavedModel carries the text encoder and the generator, so generating
+needs only TensorFlow, NumPy and Pillow. The caption checks also use the
+character encoding of sdn_tf.text.encoder.
 """
 
 from __future__ import annotations
@@ -18,15 +19,38 @@ from PIL import Image, ImageDraw, ImageFont
 MAX_CAPTION_LENGTH = 201  # characters the char-CNN-RNN reads; the rest is cut
 
 
+def count_noun(count: int, noun: str) -> str:
+    """Format `count` with `noun` in the singular or in the plural made with "s"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def read_captions_file(path: str) -> list[str]:
-    """Read one caption per line, UTF-8, keeping blank lines out of the list."""
+    """Read one caption per line, keeping blank lines out of the list.
+
+    The file must be UTF-8, with or without a byte order mark. Any other
+    encoding raises ValueError with the line number, because a lenient read
+    would feed replacement characters to the text encoder without a word.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Captions file {path!r} not found.")
-    with open(path, encoding="utf-8", errors="replace") as file:
-        captions = [line.strip() for line in file]
+    with open(path, "rb") as file:
+        lines = file.read().splitlines()
+    captions = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            # utf-8-sig drops the byte order mark that some Windows editors write.
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as error:
+            byte = line[error.start]
+            raise ValueError(
+                f"Captions file {path!r} is not valid UTF-8: on line {number}, byte "
+                f"{error.start + 1} is 0x{byte:02x}. Save the file as UTF-8 "
+                "(for example, iconv -f latin1 -t utf-8 FILE > FILE.utf8 for a Latin-1 "
+                "file).") from None
+        captions.append(text.strip())
     blank = sum(1 for caption in captions if not caption)
     if blank:
-        logging.info("Ignored %d blank lines in %s.", blank, path)
+        logging.info("Ignored %s in %s.", count_noun(blank, "blank line"), path)
     return [caption for caption in captions if caption]
 
 
@@ -42,6 +66,42 @@ def check_captions(captions: Sequence[str], max_length: int = MAX_CAPTION_LENGTH
             logging.warning("Caption %d has %d characters; the text encoder reads only the "
                             "first %d: %r", index + 1, len(caption), max_length,
                             caption[:max_length])
+
+
+def warn_unreadable_captions(captions: Sequence[str], max_listed: int = 10) -> list[int]:
+    """Warn about captions with no letter, digit or punctuation the text encoder reads.
+
+    The encoder turns characters outside its alphabet into blanks (all-zero
+    one-hot rows), so a caption written only in, say, Japanese gives the image
+    of an empty caption. Spaces and line breaks do not count as readable.
+    Empty captions are left to `check_captions`. Returns the 1-based numbers of
+    the captions warned about.
+    """
+    from sdn_tf.text.encoder import ALPHABET, captions_to_onehot
+
+    if not captions:
+        return []
+    # The same encoding as in the SavedModel, so lowercasing and the cut at
+    # MAX_LENGTH characters match what the model reads.
+    onehot = captions_to_onehot(list(captions)).numpy()
+    blank_columns = [ALPHABET.index(" "), ALPHABET.index("\n")]
+    readable = np.delete(onehot, blank_columns, axis=2).sum(axis=(1, 2))
+    numbers = [index + 1 for index, caption in enumerate(captions)
+               if caption.strip() and readable[index] == 0]
+    if numbers:
+        listed = ", ".join(str(number) for number in numbers[:max_listed])
+        if len(numbers) > max_listed:
+            listed += f" and {len(numbers) - max_listed} more"
+        single = len(numbers) == 1
+        logging.warning(
+            "%d of %s (%s %s) %s no character that the text encoder reads. It reads ASCII "
+            "letters, digits and punctuation and turns every other character into a blank, "
+            "so %s what the model draws for an empty caption. Write captions in English.",
+            len(numbers), count_noun(len(captions), "caption"),
+            "number" if single else "numbers", listed,
+            "contains" if single else "contain",
+            "its image shows" if single else "their images show")
+    return numbers
 
 
 def load_model(model_dir: str):

@@ -284,3 +284,41 @@ def test_generate_keeps_commas_in_caption(fake_model, tmp_path):
     lines = (tmp_path / "captions.txt").read_text(encoding="utf-8").splitlines()
     assert lines == [f"0001\t{captions[0]}", f"0002\t{captions[1]}"]
     assert "Wrote 2 images and contact_sheet.png" in result.stderr
+
+
+def test_generate_warns_unreadable_captions(fake_model, tmp_path):
+    captions_file = tmp_path / "captions.txt"
+    captions_file.write_text("赤い鳥\na red bird\n青い 鳥\n", encoding="utf-8")
+    result = run_generate(f"--model={fake_model}", f"--captions_file={captions_file}",
+                          f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("2 of 3 captions (numbers 1, 3) contain no character that the text encoder "
+            "reads") in result.stderr
+
+
+def test_generate_rejects_latin1_file(tmp_path):
+    captions_file = tmp_path / "captions.txt"
+    captions_file.write_bytes("a red bird\nun oiseau à bec rouge\n".encode("latin-1"))
+    result = run_generate(f"--model={tmp_path}", f"--captions_file={captions_file}")
+    assert result.returncode == 1
+    assert f"Captions file {str(captions_file)!r} is not valid UTF-8" in result.stderr
+    assert "on line 2, byte 11 is 0xe0" in result.stderr
+    assert "Save the file as UTF-8" in result.stderr
+
+
+def test_read_captions_file_drops_byte_order_mark(tmp_path):
+    from sdn_tf.generate import read_captions_file
+
+    captions_file = tmp_path / "captions.txt"
+    captions_file.write_text("a red bird\n\nun oiseau à bec rouge\n", encoding="utf-8-sig")
+    assert read_captions_file(str(captions_file)) == ["a red bird", "un oiseau à bec rouge"]
+
+
+def test_unreadable_captions_lists_numbers(caplog):
+    from sdn_tf.generate import warn_unreadable_captions
+
+    captions = ["赤い鳥"] * 12 + ["", "   ", "a red bird", "小鳥!"]
+    assert warn_unreadable_captions(captions, max_listed=10) == list(range(1, 13))
+    message = caplog.records[-1].getMessage()
+    assert message.startswith("12 of 16 captions (numbers 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 "
+                              "and 2 more) contain no character")

@@ -45,6 +45,7 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     generate.check_captions(captions, info.get("max_caption_length",
                                                generate.MAX_CAPTION_LENGTH))
+    generate.warn_unreadable_captions(captions)
     images = generate.generate_images(model, captions)
     paths = generate.write_outputs(images, captions, FLAGS.output_dir)
     logging.info("Wrote %d images and contact_sheet.png to %s.", len(paths), FLAGS.output_dir)
