@@ -286,6 +286,13 @@ def test_generate_keeps_commas_in_caption(fake_model, tmp_path):
     assert "Wrote 2 images and contact_sheet.png" in result.stderr
 
 
+def test_generate_logs_one_image(fake_model, tmp_path):
+    result = run_generate(f"--model={fake_model}", "--captions=a red bird",
+                          f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Wrote 1 image and contact_sheet.png" in result.stderr
+
+
 def test_generate_warns_unreadable_captions(fake_model, tmp_path):
     captions_file = tmp_path / "captions.txt"
     captions_file.write_text("赤い鳥\na red bird\n青い 鳥\n", encoding="utf-8")

@@ -58,9 +58,9 @@ def main(argv):
         chosen, captions, images, scores = check_split(model, records, FLAGS.max_images)
         results[label] = {key: scores[key] for key in ("accuracy", "count", "no_colour",
                                                        "per_colour")}
-        logging.info("Colour accuracy on %s combinations: %.1f%% of %d images (%d with no "
-                     "object colour).", label, 100 * scores["accuracy"], scores["count"],
-                     scores["no_colour"])
+        logging.info("Colour accuracy on %s combinations: %.1f%% of %s (%d with no "
+                     "object colour).", label, 100 * scores["accuracy"],
+                     generate.count_noun(scores["count"], "image"), scores["no_colour"])
         if label == "unseen":
             generate.write_outputs(images[:, None], captions, FLAGS.output_dir)
     results["chance"] = 1.0 / len(shapes.COLOURS)

@@ -48,7 +48,8 @@ def main(argv):
     generate.warn_unreadable_captions(captions)
     images = generate.generate_images(model, captions)
     paths = generate.write_outputs(images, captions, FLAGS.output_dir)
-    logging.info("Wrote %d images and contact_sheet.png to %s.", len(paths), FLAGS.output_dir)
+    logging.info("Wrote %s and contact_sheet.png to %s.",
+                 generate.count_noun(len(paths), "image"), FLAGS.output_dir)
 
 
 def run():
