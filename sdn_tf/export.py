@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from sdn_tf import workdir as workdir_lib
+from sdn_tf.folders import check_writable_folder
 from sdn_tf.generator import build_generator
 from sdn_tf.teacher import teacher_space_to_rgb
 from sdn_tf.train import GENERATOR_WEIGHTS, KIND
@@ -100,6 +101,32 @@ class _Serving(tf.Module):
         return {"images": all_images[:, 0], "all_images": all_images}
 
 
+def check_export_dir(export_dir: str) -> None:
+    """Raise OSError unless `export_dir` can be written or replaced by a SavedModel.
+
+    An existing folder is replaced only if it is empty or contains a SavedModel,
+    so a mistyped --export_dir cannot delete a run or a dataset.
+    """
+    if not os.path.lexists(export_dir):
+        check_writable_folder(export_dir, "--export_dir")
+        return
+    if not os.path.isdir(export_dir):
+        raise NotADirectoryError(
+            f"--export_dir={export_dir!r} is not a folder. Pass a folder path.")
+    # The SavedModel is written next to the folder and renamed into its place.
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    check_writable_folder(parent, "--export_dir", export_dir)
+    if os.listdir(export_dir) and not os.path.isfile(os.path.join(export_dir,
+                                                                  "saved_model.pb")):
+        raise FileExistsError(
+            f"--export_dir={export_dir!r} is a folder that contains no SavedModel "
+            "(saved_model.pb not found). sdn-export replaces the whole folder, so pass a "
+            "new folder, an empty one or an earlier export.")
+    # Replacing the folder moves it to another parent, which needs write
+    # access to the folder itself on Linux (to update its ".." entry).
+    check_writable_folder(export_dir, "--export_dir")
+
+
 def export(workdir: str, export_dir: str, chunk: int = DEFAULT_CHUNK) -> str:
     """Write the SavedModel of a finished run to `export_dir`, atomically, and return it.
 
@@ -109,6 +136,7 @@ def export(workdir: str, export_dir: str, chunk: int = DEFAULT_CHUNK) -> str:
     """
     from sdn_tf.text.encoder import MAX_LENGTH
 
+    check_export_dir(export_dir)
     config, text_encoder, generator = _load_trained(workdir)
     serving = _Serving(text_encoder, generator, config, chunk)
     archive = keras.export.ExportArchive()

@@ -21,6 +21,7 @@ from sdn_tf import generate
 from sdn_tf.data import shapes
 from sdn_tf.data.datasets import load_split
 from sdn_tf.cli.errors import run_program
+from sdn_tf.folders import check_writable_folder
 
 flags.DEFINE_string("model", None, "SavedModel folder written by sdn-export.")
 flags.DEFINE_string("data_dir", None, "Folder of the shapes dataset (default: its cache).")
@@ -48,6 +49,7 @@ def check_split(model, records, max_images: int):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    check_writable_folder(FLAGS.output_dir, "--output_dir")
     model, info = generate.load_model(FLAGS.model)
     if info.get("dataset") not in (None, "shapes"):
         raise app.UsageError(f"--model was trained on {info.get('dataset')!r}; the colour "

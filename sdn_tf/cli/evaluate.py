@@ -12,6 +12,7 @@ from absl import app, flags
 
 from sdn_tf.evaluate import INCEPTION_SPLITS, METRICS, R_PRECISION_MISMATCHED, EvalConfig, evaluate
 from sdn_tf.cli.errors import run_program
+from sdn_tf.folders import check_writable_folder
 
 FLAGS = flags.FLAGS
 
@@ -81,6 +82,7 @@ def main(argv):
         teacher_weights=FLAGS.teacher_weights, retrieval_figure=FLAGS.retrieval_figure,
         retrieval_tap=FLAGS.retrieval_tap, retrieval_k=FLAGS.retrieval_k,
         r_precision_mismatched=FLAGS.r_precision_mismatched, seed=FLAGS.seed)
+    check_writable_folder(FLAGS.output_dir, "--output_dir")
     evaluate(config)
 
 

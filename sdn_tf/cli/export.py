@@ -9,7 +9,9 @@ from sdn_tf.export import export
 from sdn_tf.cli.errors import run_program
 
 flags.DEFINE_string("workdir", None, "Workdir of a finished sdn-train run.")
-flags.DEFINE_string("export_dir", None, "Folder for the SavedModel; replaced if it exists.")
+flags.DEFINE_string("export_dir", None, "Folder for the SavedModel. An existing folder is "
+                    "replaced if it is empty or contains an earlier export, and rejected "
+                    "otherwise.")
 flags.DEFINE_integer("chunk_size", 32, "Captions per generator call inside the SavedModel.",
                      lower_bound=1)
 flags.mark_flags_as_required(["workdir", "export_dir"])

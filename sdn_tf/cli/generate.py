@@ -11,6 +11,7 @@ from absl import app, flags, logging
 
 from sdn_tf import generate
 from sdn_tf.cli.errors import run_program
+from sdn_tf.folders import check_writable_folder
 
 flags.DEFINE_string("model", None, "SavedModel folder written by sdn-export.")
 flags.DEFINE_multi_string("captions", [], "One caption, commas included. Repeat the flag "
@@ -39,6 +40,7 @@ def main(argv):
     if not captions:
         raise app.UsageError("No captions given: pass --captions or --captions_file with at "
                              "least one caption.")
+    check_writable_folder(FLAGS.output_dir, "--output_dir")
     try:
         model, info = generate.load_model(FLAGS.model)
     except FileNotFoundError as error:
