@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 
@@ -127,6 +128,17 @@ def check_export_dir(export_dir: str) -> None:
     check_writable_folder(export_dir, "--export_dir")
 
 
+def create_staging_folder(parent: str) -> str:
+    """Create and return a hidden folder in `parent` with the usual mode (0777 less the umask).
+
+    Not tempfile.mkdtemp: its folder has mode 0700, so after the rename into
+    place other users could not load the SavedModel.
+    """
+    staging = os.path.join(parent, f".export-{secrets.token_hex(8)}")
+    os.mkdir(staging)
+    return staging
+
+
 def export(workdir: str, export_dir: str, chunk: int = DEFAULT_CHUNK) -> str:
     """Write the SavedModel of a finished run to `export_dir`, atomically, and return it.
 
@@ -149,7 +161,7 @@ def export(workdir: str, export_dir: str, chunk: int = DEFAULT_CHUNK) -> str:
     export_dir = os.path.abspath(export_dir)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    staging = create_staging_folder(parent)
     try:
         archive.write_out(staging, verbose=False)
         info = {

@@ -132,3 +132,16 @@ def test_export_accepts_empty_or_earlier_export(tmp_path):
     check_export_dir(str(empty))
     check_export_dir(str(earlier))
     check_export_dir(str(tmp_path / "new"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_export_staging_folder_follows_umask(tmp_path, umask):
+    from sdn_tf.export import create_staging_folder
+
+    previous = os.umask(umask)
+    try:
+        staging = create_staging_folder(str(tmp_path))
+    finally:
+        os.umask(previous)
+    assert os.path.basename(staging).startswith(".export-")
+    assert os.stat(staging).st_mode & 0o777 == 0o777 & ~umask
