@@ -725,7 +725,7 @@ def _compute_metrics(config: EvalConfig, info: dict, scorer, generated: np.ndarr
             metrics["colour"] = {"skipped": "only the shapes dataset has colour labels"}
 
     for name in sorted(skip):
-        metrics[name] = {"skipped": "skipped with --skip"}
+        metrics[name] = {"skipped": "requested with --skip"}
     for name, value in metrics.items():
         if "skipped" in value:
             logging.warning("Metric %s skipped: %s", name, value["skipped"])

@@ -197,16 +197,27 @@ def test_markdown_flowers_has_paper_row():
 
 
 def test_markdown_skipped_metric_explained():
-    metrics = dict(FULL_METRICS, fid={"skipped": "skipped with --skip"})
+    metrics = dict(FULL_METRICS, fid={"skipped": "requested with --skip"})
     text = evaluate_lib.format_markdown(results_for("shapes", metrics))
     assert "| 3.21 ± 0.04 | – | 0.2500" in text
-    assert "FID: skipped, skipped with --skip." in text
+    assert "FID: skipped, requested with --skip." in text
     assert "SDN paper" not in text
 
 
+def test_skip_note_says_skipped_once():
+    config = evaluate_lib.EvalConfig(model_dir="m", output_dir="o", skip=evaluate_lib.METRICS)
+    generated = np.zeros((1, 1, 4, 4, 3), np.uint8)
+    metrics = evaluate_lib._compute_metrics(config, {}, None, generated, None, None, None,
+                                            None, None, {})
+    assert metrics["ssim"] == {"skipped": "requested with --skip"}
+    text = evaluate_lib.format_markdown(results_for("shapes", metrics))
+    note = next(line for line in text.splitlines() if line.startswith("- SSIM"))
+    assert note == "- SSIM: skipped, requested with --skip."
+
+
 def test_markdown_without_inception_line():
-    metrics = dict(FULL_METRICS, fid={"skipped": "skipped with --skip"},
-                   **{"is": {"skipped": "skipped with --skip"}})
+    metrics = dict(FULL_METRICS, fid={"skipped": "requested with --skip"},
+                   **{"is": {"skipped": "requested with --skip"}})
     text = evaluate_lib.format_markdown(results_for("shapes", metrics))
     assert "Inception-v3:" not in text
 
@@ -426,7 +437,7 @@ def test_cli_folder_quick_run(tiny_model, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored["num_captions"] == 12
-    assert stored["metrics"]["fid"] == {"skipped": "skipped with --skip"}
+    assert stored["metrics"]["fid"] == {"skipped": "requested with --skip"}
     assert stored["metrics"]["colour"]["skipped"] == "only the shapes dataset has colour labels"
     assert "Generated images for 12/12 captions" in result.stderr
 
