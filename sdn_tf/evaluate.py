@@ -742,7 +742,7 @@ def _write_results(output_dir: str, results: dict) -> None:
 
 
 def _build_scorer(config: EvalConfig):
-    from sdn_tf.metrics.inception import InceptionScorer
+    from sdn_tf.metrics.inception import InceptionDownloadError, InceptionScorer
 
     weights = None if config.inception_weights == "random" else config.inception_weights
     logging.info("Building Inception-v3 (%s).", describe_inception_weights(
@@ -750,10 +750,15 @@ def _build_scorer(config: EvalConfig):
     try:
         return InceptionScorer(weights, batch_size=config.batch_size,
                                hub_features=config.inception_hub_features)
-    except RuntimeError as error:  # InceptionScorer's error for a failed ImageNet download
+    except InceptionDownloadError as error:
+        # The scorer's own message suggests Python arguments, so only the
+        # download error it wraps is kept, after the flags that fix it.
         raise RuntimeError(
-            f"{error}. With sdn-eval, pass --inception_weights=PATH (a Keras InceptionV3 "
-            "weights file or a TF-Hub SavedModel folder), or --skip=is,fid.") from error
+            "Could not download or load the ImageNet weights of Inception-v3. Pass "
+            "--inception_weights=PATH (a Keras InceptionV3 weights file or a TF-Hub "
+            "SavedModel folder) or --inception_weights=random (a smoke test, with scores "
+            "not comparable to published ones), or leave out IS and FID with "
+            f"--skip=is,fid. Download error: {error.__cause__}") from error
 
 
 def _settings(config: EvalConfig, image_size: int, crop: str) -> dict:

@@ -215,6 +215,23 @@ def test_skip_note_says_skipped_once():
     assert note == "- SSIM: skipped, requested with --skip."
 
 
+def test_inception_download_error_puts_flag_first(monkeypatch):
+    import keras
+
+    def failing_download(**kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.applications, "InceptionV3", failing_download)
+    config = evaluate_lib.EvalConfig(model_dir="m", output_dir="o")
+    with pytest.raises(RuntimeError) as raised:
+        evaluate_lib._build_scorer(config)
+    message = str(raised.value)
+    assert message.index("--inception_weights=PATH") < message.index("--skip=is,fid")
+    assert "--inception_weights=random" in message
+    assert "InceptionScorer(" not in message
+    assert message.endswith("Download error: URL fetch failure: no network")
+
+
 def test_markdown_without_inception_line():
     metrics = dict(FULL_METRICS, fid={"skipped": "requested with --skip"},
                    **{"is": {"skipped": "requested with --skip"}})

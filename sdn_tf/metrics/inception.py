@@ -177,6 +177,13 @@ def _is_hub_handle(weights: str) -> bool:
     )
 
 
+class InceptionDownloadError(RuntimeError):
+    """Failure to download or load Keras' ImageNet weights of InceptionV3.
+
+    The Keras error is the exception's __cause__.
+    """
+
+
 class InceptionScorer:
     """Inception-v3 class probabilities [N, 1000] and pool features [N, 2048] of uint8 images.
 
@@ -324,7 +331,7 @@ def _build_keras_inception(weights: str | None):
         if weights != "imagenet":
             raise
         # keras.utils.get_file raises a bare Exception when the download fails.
-        raise RuntimeError(
+        raise InceptionDownloadError(
             "could not download or load the ImageNet weights of InceptionV3 "
             f"({error}). Use a local weights file instead "
             "(InceptionScorer(weights='/path/inception_v3_weights_tf_dim_ordering_tf_kernels.h5')) "
