@@ -285,8 +285,9 @@ def _set_image_bias_to_mean(generator, images: np.ndarray, config: SDNConfig) ->
     layer = generator.get_layer("g_img")
     # The image is image_gain * (g_img's output), so the bias is divided by it.
     layer.bias.assign(np.tile(mean / config.image_gain, config.num_images))
-    logging.info("Initialised the g_img bias to the mean training colour %s (RGB %s).",
-                 np.round(mean, 1).tolist(), np.round(mean_rgb, 1).tolist())
+    logging.info("Initialised the g_img bias to the mean training colour: %s in teacher "
+                 "space (%s), RGB %s.", np.round(mean, 1).tolist(), config.teacher_preset,
+                 np.round(mean_rgb, 1).tolist())
 
 
 def _save_generator(generator, workdir: str) -> str:

@@ -15,13 +15,13 @@ from typing import Callable
 
 from absl import app
 
-from sdn_tf.workdir import WorkdirError
-
 TRACEBACK_VARIABLE = "SDN_TF_TRACEBACK"
 
-# Errors whose messages in this package name the value and the fix. RuntimeError
-# covers a teacher or Inception download that failed without internet.
-USER_ERRORS = (WorkdirError, ValueError, OSError, RuntimeError)
+# Errors whose messages in this package name the value and the fix.
+# sdn_tf.workdir.WorkdirError is a ValueError, and RuntimeError covers a teacher
+# or Inception download that failed without internet. Nothing here imports
+# TensorFlow, so a program can reject a bad flag before loading it.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
 
 
 def with_clear_errors(main: Callable) -> Callable:
