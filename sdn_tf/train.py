@@ -205,13 +205,13 @@ def _check_text_encoder_unchanged(stored: dict, config: SDNConfig, where: str) -
     raise workdir_lib.WorkdirError(
         f"{where} embedded its captions with text encoder weights {old} "
         f"({stored.get('text_encoder')}), but --text_encoder={config.text_encoder!r} now "
-        f"holds weights {config.text_encoder_digest}: the encoder was retrained or replaced, "
+        f"contains weights {config.text_encoder_digest}: the encoder was retrained or replaced, "
         "and the generator's embeddings and their statistics would no longer match. Use "
         "the encoder that run used, or start a new --workdir with this one.")
 
 
-def _check_init_from(config: SDNConfig) -> None:
-    """Check --init_from before any data is loaded: kind, generator settings, weights file."""
+def _check_init_from(config: SDNConfig) -> dict:
+    """Check --init_from's kind, generator settings and weights file, and return its config."""
     source = config.init_from
     stored = workdir_lib.read_config(source)
     workdir_lib.check_kind(stored, source, KIND)
@@ -235,14 +235,15 @@ def _check_init_from(config: SDNConfig) -> None:
             f"{path!r} not found: the run in --init_from={source!r} has not finished. "
             "Rerun its sdn-train command to completion first."
         )
+    return stored
 
 
 def _load_init_weights(config: SDNConfig, generator) -> None:
-    _check_init_from(config)
+    # Checked again now that embedding_dim is known.
+    stored = _check_init_from(config)
     path = os.path.join(config.init_from, GENERATOR_WEIGHTS)
     generator.load_weights(path)
-    stage = workdir_lib.read_config(config.init_from).get("stage")
-    logging.info("Initialised the generator from %s (Stage %s run).", path, stage)
+    logging.info("Initialised the generator from %s (Stage %s run).", path, stored.get("stage"))
 
 
 def _check_before_loading(config: SDNConfig) -> None:

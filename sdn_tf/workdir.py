@@ -83,7 +83,7 @@ def has_progress(workdir: str) -> bool:
 
 def check_resume(workdir: str, kind: str, config: Mapping,
                  must_match: Sequence[str]) -> tuple[str, list]:
-    """Say how a run with `config` would use `workdir`, without writing anything.
+    """Return how a run with `config` would use `workdir`, without writing anything.
 
     Returns (state, differences). state is "new" (no config.json), "resume"
     (the stored settings in `must_match` equal `config`'s) or "restart": the

@@ -76,29 +76,18 @@ def blocking_file(tmp_path):
     return path
 
 
-def test_generate_checks_output_dir_first(tmp_path, blocking_file):
+@pytest.mark.parametrize("module, extra", [
+    ("sdn_tf.cli.generate", ["--captions=a red bird"]),
+    ("sdn_tf.cli.colour_check", []),
+    ("sdn_tf.cli.evaluate", ["--skip=is,fid"]),
+])
+def test_output_dir_checked_first(tmp_path, blocking_file, module, extra):
     output_dir = blocking_file / "out"
-    result = run_program("sdn_tf.cli.generate", f"--model={tmp_path / 'missing'}",
-                         "--captions=a red bird", f"--output_dir={output_dir}")
-    assert result.returncode == 1
-    assert f"error: --output_dir={str(output_dir)!r} cannot be created" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_colour_check_checks_output_dir_first(tmp_path, blocking_file):
-    output_dir = blocking_file / "out"
-    result = run_program("sdn_tf.cli.colour_check", f"--model={tmp_path / 'missing'}",
+    result = run_program(module, f"--model={tmp_path / 'missing'}", *extra,
                          f"--output_dir={output_dir}")
     assert result.returncode == 1
     assert f"error: --output_dir={str(output_dir)!r} cannot be created" in result.stderr
-
-
-def test_eval_checks_output_dir_first(tmp_path, blocking_file):
-    output_dir = blocking_file / "out"
-    result = run_program("sdn_tf.cli.evaluate", f"--model={tmp_path / 'missing'}",
-                         f"--output_dir={output_dir}", "--skip=is,fid")
-    assert result.returncode == 1
-    assert f"error: --output_dir={str(output_dir)!r} cannot be created" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_export_names_export_dir_not_temporary(tmp_path, blocking_file):
