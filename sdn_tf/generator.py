@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from sdn_tf.layers import Standardize
+from sdn_tf.layers import NearestUpsampling, Standardize
 from sdn_tf.teacher import TAP_NAMES, tap_shapes
 
 EMBEDDING_NORM_LAYER = "g_embedding_norm"
@@ -122,7 +122,7 @@ def build_generator(image_size: int, embedding_dim: int = 1024, num_images: int 
                        init)(x)
             x = keras.layers.Reshape(shape, name=name)(x)
         elif op == "resize":
-            x = keras.layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
+            x = NearestUpsampling(name=name)(x)
         else:
             x = _conv(shape, name, seed + offset, init)(x)
         taps[tap] = x

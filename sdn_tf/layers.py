@@ -22,3 +22,22 @@ class Standardize(keras.layers.Layer):
 
     def call(self, inputs):
         return (inputs - self.mean) / self.std
+
+
+class NearestUpsampling(keras.layers.Layer):
+    """Nearest-neighbour resize by 2, as keras.layers.UpSampling2D(2) computes it.
+
+    The result is the same, but one resize and, in training, one gradient pass
+    replace UpSampling2D's two repeats and their two gradient sums. For a
+    [12, 112, 112, 64] bfloat16 map on a 2-core CPU, that took about 40 % less
+    time (measured once, forward and backward).
+    """
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        return keras.ops.image.resize(inputs, (2 * height, 2 * width),
+                                      interpolation="nearest")
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, 2 * height, 2 * width, channels)

@@ -68,11 +68,40 @@ def per_example_l1(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.reshape(diff, [tf.shape(diff)[0], -1]), axis=1)
 
 
-# The same term, compiled on its own by XLA, for training steps that are not
-# compiled as a whole (the CPU default, because oneDNN's convolutions are
-# faster there). Without XLA, each cast, the subtraction, the absolute value
-# and their gradients make a separate pass over a tap tensor.
-fused_per_example_l1 = tf.function(per_example_l1, jit_compile=True, autograph=False)
+@tf.function(jit_compile=True, autograph=False)
+def _fused_l1_forward(target: tf.Tensor, prediction: tf.Tensor) -> tf.Tensor:
+    return per_example_l1(target, prediction)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _fused_l1_gradient(target: tf.Tensor, prediction: tf.Tensor,
+                       upstream: tf.Tensor) -> tf.Tensor:
+    # d/d prediction of mean|target - prediction| is sign(prediction - target) / N,
+    # times the upstream gradient of each example's term.
+    count = tf.cast(tf.reduce_prod(tf.shape(prediction)[1:]), tf.float32)
+    scale = tf.reshape(upstream / count, [-1] + [1] * (len(prediction.shape) - 1))
+    sign = tf.sign(tf.cast(prediction, tf.float32) - tf.cast(target, tf.float32))
+    return tf.cast(sign * scale, prediction.dtype)
+
+
+@tf.custom_gradient
+def fused_per_example_l1(target: tf.Tensor, prediction: tf.Tensor):
+    """`per_example_l1` for training steps that are not compiled as a whole.
+
+    This is the CPU default, because oneDNN's convolutions are faster there
+    than XLA's. Without XLA, each cast, the subtraction, the absolute value and
+    their gradients make a separate pass over a tap tensor. Here XLA compiles
+    the forward term and its gradient as two programs. Each reads the two
+    tensors once, and the forward pass keeps no float32 difference for the
+    backward pass.
+
+    Gradients flow to `prediction` only: `target` (a real image or a teacher
+    tap of one) is a constant of the loss, as in every SDN term.
+    """
+    def gradient(upstream):
+        return None, _fused_l1_gradient(target, prediction, upstream)
+
+    return _fused_l1_forward(target, prediction), gradient
 
 
 def split_images(images: tf.Tensor, num_images: int) -> list:

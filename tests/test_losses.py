@@ -84,6 +84,27 @@ def test_fused_terms_match_unfused(stage):
         assert np.any(tf.cast(fused, tf.float32).numpy() != 0)
 
 
+def test_fused_term_gradient_per_example():
+    """The fused term's gradient is sign(prediction - target) / N times each example's weight.
+
+    The target (a real image or its teacher tap) gets no gradient.
+    """
+    rng = np.random.default_rng(5)
+    target = tf.Variable(rng.normal(size=(3, 4, 5, 2)).astype(np.float32))
+    prediction = tf.Variable(rng.normal(size=(3, 4, 5, 2)).astype(np.float32))
+    weights = tf.constant([1.0, -2.0, 0.5])
+    with tf.GradientTape() as tape:
+        value = losses_lib.fused_per_example_l1(target, prediction)
+        total = tf.reduce_sum(weights * value)
+    target_gradient, prediction_gradient = tape.gradient(total, [target, prediction])
+    difference = prediction.numpy() - target.numpy()
+    np.testing.assert_allclose(value.numpy(), np.abs(difference).mean(axis=(1, 2, 3)),
+                               rtol=1e-6)
+    expected = np.sign(difference) * weights.numpy()[:, None, None, None] / 40
+    np.testing.assert_allclose(prediction_gradient.numpy(), expected, rtol=1e-6)
+    assert target_gradient is None
+
+
 def test_stage1_is_plain_mean_of_tensors():
     # With one image, the per-example mean averaged over the batch equals the
     # mean over the whole tensor, as written in the paper's Eq. 1-2.

@@ -30,6 +30,32 @@ def test_generator_layer_names_follow_taps():
     assert {"g_fc7", "g_fc6", "g_img"} <= names
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_nearest_upsampling_matches_upsampling2d(dtype):
+    """The generator's resize layer gives UpSampling2D(2)'s values and gradients."""
+    import keras
+
+    from sdn_tf.layers import NearestUpsampling
+
+    rng = np.random.default_rng(3)
+    inputs = tf.Variable(tf.cast(rng.normal(size=(2, 3, 5, 4)), dtype))
+    upstream = tf.cast(rng.integers(-4, 5, size=(2, 6, 10, 4)), dtype)
+    results = []
+    for layer in (keras.layers.UpSampling2D(2, interpolation="nearest"), NearestUpsampling()):
+        with tf.GradientTape() as tape:
+            outputs = tf.cast(layer(inputs), dtype)
+            total = tf.reduce_sum(tf.cast(outputs * upstream, tf.float32))
+        results.append((outputs, tape.gradient(total, inputs)))
+    (expected, expected_gradient), (outputs, gradient) = results
+    assert outputs.shape == (2, 6, 10, 4)
+    np.testing.assert_array_equal(tf.cast(outputs, tf.float32).numpy(),
+                                  tf.cast(expected, tf.float32).numpy())
+    # Sums of four small integers are exact in bfloat16 too.
+    np.testing.assert_array_equal(tf.cast(gradient, tf.float32).numpy(),
+                                  tf.cast(expected_gradient, tf.float32).numpy())
+    assert np.any(tf.cast(gradient, tf.float32).numpy() != 0)
+
+
 def test_generator_diverse_output_channels():
     generator = generator_lib.build_generator(64, embedding_dim=8, num_images=3)
     images = generator(np.zeros((2, 8), np.float32))["image"]
