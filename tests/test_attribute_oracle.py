@@ -54,3 +54,14 @@ def test_run_writes_colour_scores(tool, tiny_shapes, tmp_path):
     assert written["unseen"]["count"] == min(5, len(test))
     assert 0.0 <= results["unseen"]["accuracy"] <= 1.0
     assert written["code_layout"]["colour"] == sorted({r.attributes["colour"] for r in train + test})
+
+
+def test_stage2_run_records_stage(tool, tiny_shapes, tmp_path):
+    train, test = tiny_shapes
+    tool.run_oracle(str(tmp_path / "run"), train, test, max_images=3, max_steps=2, stage=2,
+                    image_size=64, batch_size=4, precision="float32", jit_compile="false")
+    written = json.loads((tmp_path / "run" / "oracle_colour.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert written["stage"] == 2
+    assert config["stage"] == 2
+    assert written["seen"]["count"] == 3

@@ -1,7 +1,9 @@
-"""Train Stage-I on shapes from attribute codes instead of caption embeddings.
+"""Train the generator on shapes from attribute codes instead of caption embeddings.
 
   python tools/attribute_oracle.py --workdir=runs/oracle --max_steps=1000 \
       --tap_weights=all=0
+
+The run is Stage-I by default; --stage=2 trains Stage-II from the first step.
 
 Every caption of an image is replaced by the one-hot code of the image's
 attributes (colour, shape, size, position, background, background style), so
@@ -76,10 +78,11 @@ def colour_scores(generator, config, records, max_images: int) -> dict:
 
 def run_oracle(workdir: str, train_records, test_records, max_images: int = 480,
                **options) -> dict:
-    """Train Stage-I on attribute codes, then score and return the colours.
+    """Train on attribute codes, then score and return the colours.
 
     The scores also go to oracle_colour.json in `workdir`. `options` are
-    SDNConfig fields such as max_steps, tap_weights and image_size.
+    SDNConfig fields such as stage (1 unless given), max_steps, tap_weights
+    and image_size.
     """
     from sdn_tf import train as train_lib
     from sdn_tf.generator import build_generator
@@ -100,7 +103,8 @@ def run_oracle(workdir: str, train_records, test_records, max_images: int = 480,
                                 init=config.generator_init, image_gain=config.image_gain,
                                 normalise_embeddings=config.normalise_embeddings)
     generator.load_weights(os.path.join(workdir, train_lib.GENERATOR_WEIGHTS))
-    results = {"steps": config.max_steps, "tap_weights": config.tap_weights,
+    results = {"stage": config.stage, "steps": config.max_steps,
+               "tap_weights": config.tap_weights,
                "code_layout": values}
     for label, records in (("seen", train_records), ("unseen", test_records)):
         results[label] = colour_scores(generator, config, records, max_images)
@@ -120,7 +124,7 @@ def main(argv):
     results = run_oracle(
         FLAGS.workdir, load_split("shapes", FLAGS.data_dir, "train"),
         load_split("shapes", FLAGS.data_dir, "test"), FLAGS.max_images,
-        data_dir=FLAGS.data_dir, image_size=FLAGS.image_size,
+        data_dir=FLAGS.data_dir, stage=int(FLAGS.stage), image_size=FLAGS.image_size,
         teacher_weights=FLAGS.teacher_weights, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, max_steps=FLAGS.max_steps,
         log_every=FLAGS.log_every, tap_weights=FLAGS.tap_weights,
@@ -133,7 +137,9 @@ def define_flags() -> None:
     """Define the tool's flags; only when run as a program, so tests can import it."""
     flags.DEFINE_string("workdir", None, "Folder for the Stage-I run and oracle_colour.json.")
     flags.DEFINE_string("data_dir", None, "Folder of the shapes dataset (default: its cache).")
-    flags.DEFINE_integer("max_steps", 1000, "Stage-I steps.", lower_bound=1)
+    flags.DEFINE_enum("stage", "1", ["1", "2"], "1: Stage-I (generator taps); 2: Stage-II "
+                      "(teacher taps of the generated image), from the first step.")
+    flags.DEFINE_integer("max_steps", 1000, "Training steps.", lower_bound=1)
     flags.DEFINE_integer("image_size", 64, "Image size in pixels (a multiple of 32, 64 to "
                          "224).", lower_bound=64, upper_bound=224)
     flags.DEFINE_string("teacher_weights", "random", "imagenet, random or a weights file.")
