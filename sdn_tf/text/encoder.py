@@ -306,13 +306,9 @@ def weights_digest(workdir: str) -> str:
     sdn-train records it, so a run resumed after the encoder was trained
     further (which rewrites the file) is caught instead of mixing embeddings.
     """
-    import hashlib
+    from sdn_tf.data.tfrecords import sha256_file
 
-    digest = hashlib.sha256()
-    with open(os.path.join(workdir, WEIGHTS_FILE), "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_file(os.path.join(workdir, WEIGHTS_FILE))[:16]
 
 
 def save_text_encoder(model: keras.Model, workdir: str) -> str:
