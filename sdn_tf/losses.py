@@ -86,10 +86,10 @@ def _fused_l1_gradient(target: tf.Tensor, prediction: tf.Tensor,
 
 @tf.custom_gradient
 def fused_per_example_l1(target: tf.Tensor, prediction: tf.Tensor):
-    """`per_example_l1` for training steps that are not compiled as a whole.
+    """Return `per_example_l1(target, prediction)` for steps not compiled as a whole.
 
-    This is the CPU default, because oneDNN's convolutions are faster there
-    than XLA's. Without XLA, each cast, the subtraction, the absolute value and
+    Such steps are the CPU default, because oneDNN's convolutions are faster
+    there than XLA's. Without XLA, each cast, the subtraction, the absolute value and
     their gradients make a separate pass over a tap tensor. Here XLA compiles
     the forward term and its gradient as two programs. Each reads the two
     tensors once, and the forward pass keeps no float32 difference for the
