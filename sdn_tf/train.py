@@ -83,6 +83,7 @@ class SDNConfig:
     # Filled in from --text_encoder's weights file (`encoder.weights_digest`).
     text_encoder_digest: Optional[str] = None
     strategy: str = "default"  # see sdn_tf.distribute.STRATEGIES
+    background_checkpoints: bool = True
 
     def resolved(self) -> dict:
         payload = dataclasses.asdict(self)
@@ -388,6 +389,8 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
                          "caption embeddings.", float(np.linalg.norm(mean)), scale,
                          len(train_embeddings))
 
+    checkpoint_writer = _checkpoint_writer(config, policy, checkpoint, generator, optimizer,
+                                               step)
     steps_per_epoch = len(pair_image_index) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps:
@@ -417,7 +420,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         if start == 0:
             samples.write(generator, 0)
             # A step-0 checkpoint lets --on_nan=restore recover from an early NaN.
-            workdir_lib.save_checkpoint(manager, 0, config.workdir)
+            checkpoint_writer.save(0)
         iterator = iter(dataset)
         window_start = time.perf_counter()
         window_steps = 0
@@ -431,7 +434,8 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
             if not math.isfinite(float(losses["loss"])):
                 # train_step has already refused the update; decide what follows.
                 iterator, current = _recover_from_nan(
-                    config, losses, current, nan_restores, manager, checkpoint, step,
+                    config, losses, current, nan_restores, checkpoint_writer, checkpoint,
+                    step,
                     train_images, train_embeddings, pair_image_index, strategy)
                 nan_restores += 1
                 continue
@@ -449,9 +453,9 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
             if current % config.sample_every == 0 or current == total_steps:
                 samples.write(generator, current)
             if current % config.checkpoint_every == 0 or current == total_steps:
-                path = workdir_lib.save_checkpoint(manager, current, config.workdir)
-                logging.info("Saved checkpoint %s.", path)
+                checkpoint_writer.save(current)
         writer.flush()
+    checkpoint_writer.wait()
 
     path = _save_generator(generator, config.workdir)
     workdir_lib.write_json_atomically(
@@ -461,7 +465,38 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     return last_losses
 
 
-def _recover_from_nan(config, losses, failed_step, restores_so_far, manager, checkpoint, step,
+def _checkpoint_writer(config, policy, checkpoint, generator, optimizer, step):
+    """Return the run's CheckpointWriter: background writes from a host copy where possible.
+
+    The copy is a second generator and optimizer built the same way, so its
+    checkpoints have the training checkpoint's structure. Under a distribution
+    strategy checkpoints are written in the training thread.
+    """
+    if not config.background_checkpoints or config.strategy != "default":
+        if config.background_checkpoints:
+            logging.info("Checkpoints are written in the training thread under "
+                         "--strategy=%s.", config.strategy)
+        return workdir_lib.CheckpointWriter(checkpoint, config.workdir, config.keep_checkpoints)
+    with tf.device("/cpu:0"):
+        shadow_generator = build_generator(
+            config.image_size, config.embedding_dim, config.num_images, seed=config.seed,
+            init=config.generator_init, image_gain=config.image_gain,
+            normalise_embeddings=config.normalise_embeddings)
+        shadow_optimizer = precision_lib.make_optimizer(policy, config.learning_rate)
+        shadow_optimizer.build(shadow_generator.trainable_variables)
+        shadow_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    shadow = tf.train.Checkpoint(step=shadow_step, generator=shadow_generator,
+                                 optimizer=shadow_optimizer)
+    pairs = list(zip([step, *generator.weights, *optimizer.variables],
+                     [shadow_step, *shadow_generator.weights, *shadow_optimizer.variables]))
+    logging.info("Checkpoints are written on a background thread from a copy in host memory "
+                 "(%.0f MB); --nobackground_checkpoints writes them in the training thread.",
+                 sum(int(np.prod(real.shape)) * tf.as_dtype(real.dtype).size for real, _ in pairs) / 1e6)
+    return workdir_lib.CheckpointWriter(checkpoint, config.workdir, config.keep_checkpoints,
+                                        shadow=shadow, pairs=pairs)
+
+
+def _recover_from_nan(config, losses, failed_step, restores_so_far, checkpoints, checkpoint, step,
                       train_images, train_embeddings, pair_image_index, strategy=None):
     """Stop, or restore the newest checkpoint, after a non-finite loss.
 
@@ -480,7 +515,7 @@ def _recover_from_nan(config, losses, failed_step, restores_so_far, manager, che
     if restores_so_far >= config.max_nan_restores:
         raise FloatingPointError(
             message + f" Gave up after {config.max_nan_restores} restores (--max_nan_restores).")
-    latest = manager.latest_checkpoint
+    latest = checkpoints.latest_checkpoint
     if latest is None:
         raise FloatingPointError(message + " No checkpoint exists yet to restore from.")
     checkpoint.restore(latest)

@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from typing import Mapping, Sequence
 
 import tensorflow as tf
@@ -234,6 +236,83 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int, workdir: str
             f"Could not save the step-{step} checkpoint in workdir {workdir!r} ({error}): "
             f"{advice}; it resumes from the newest saved checkpoint."
         ) from error
+
+
+class CheckpointWriter:
+    """Checkpoint saving, in the training thread or on a background thread.
+
+    Without `shadow`, save() writes `checkpoint` before it returns. With
+    `shadow`, a tf.train.Checkpoint of the same object structure whose
+    variables live in host memory, save() copies every training variable into
+    its shadow (`pairs`, in the same order) and writes the shadow while
+    training goes on. Because both checkpoints have the same structure, a
+    checkpoint written from the shadow restores into the training objects.
+
+    TensorFlow's own asynchronous checkpoints would avoid the copy, but they
+    fail on Keras 3 variables ("tf.function only supports singleton
+    tf.Variables", TensorFlow 2.21). The copy takes one more set of the saved
+    variables in host memory, and copying 600 MB took about 20 ms on a 2-core
+    CPU. It keeps its values while training updates the originals, because
+    TensorFlow copies a variable's buffer before an in-place update whenever
+    another tensor shares it. A failed background write is raised by the next
+    save() or wait().
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, workdir: str, max_to_keep: int,
+                 shadow: tf.train.Checkpoint | None = None,
+                 pairs: Sequence[tuple] = ()):
+        self.workdir = workdir
+        self.background = shadow is not None
+        if self.background:
+            mismatched = [(real.name, tuple(real.shape), copy.name, tuple(copy.shape))
+                          for real, copy in pairs
+                          if tuple(real.shape) != tuple(copy.shape) or real.dtype != copy.dtype]
+            if mismatched or not pairs:
+                raise ValueError(f"The shadow variables do not mirror the training variables: "
+                                 f"{mismatched[:3] or 'no pairs given'}.")
+        self._pairs = list(pairs)
+        self.manager = checkpoint_manager(shadow if self.background else checkpoint, workdir,
+                                          max_to_keep)
+        self._thread = None
+        self._error = None
+
+    def save(self, step: int) -> None:
+        """Save the checkpoint of `step`: at once, or started on the background thread."""
+        self.wait()
+        if not self.background:
+            path = save_checkpoint(self.manager, step, self.workdir)
+            logging.info("Saved checkpoint %s.", path)
+            return
+        for variable, copy in self._pairs:
+            copy.assign(variable)
+        self._thread = threading.Thread(target=self._write, args=(step,),
+                                        name=f"checkpoint-{step}")
+        self._thread.start()
+
+    def _write(self, step: int) -> None:
+        started = time.perf_counter()
+        try:
+            path = save_checkpoint(self.manager, step, self.workdir)
+        except BaseException as error:  # re-raised in the training thread by wait()
+            self._error = error
+            return
+        logging.info("Saved checkpoint %s in the background (%.1f s).", path,
+                     time.perf_counter() - started)
+
+    def wait(self) -> None:
+        """Wait for a background write to finish; raise the error it failed with."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """Path of the newest finished checkpoint, after any write in progress."""
+        self.wait()
+        return self.manager.latest_checkpoint
 
 
 # What a damaged checkpoint raises on restore: a truncated data file raises

@@ -41,7 +41,8 @@ def main(argv):
         init_image_bias=FLAGS.init_image_bias, generator_init=FLAGS.generator_init,
         image_gain=FLAGS.image_gain, normalise_embeddings=FLAGS.normalise_embeddings,
         on_nan=FLAGS.on_nan,
-        max_nan_restores=FLAGS.max_nan_restores, strategy=FLAGS.strategy)
+        max_nan_restores=FLAGS.max_nan_restores, strategy=FLAGS.strategy,
+        background_checkpoints=FLAGS.background_checkpoints)
     try:
         check_scheme(config.scheme, config.stage, config.num_images, config.init_from,
                      config.image_weight)
