@@ -142,11 +142,11 @@ def define_sdn_flags() -> None:
                       "cluster from TF_CONFIG). --batch_size stays the global batch.")
     flags.DEFINE_integer("sample_every", 500, "Write image grids of fixed training and "
                          "held-out captions to TensorBoard every N steps.", lower_bound=1)
-    flags.DEFINE_bool("background_checkpoints", True,
+    flags.DEFINE_enum("background_checkpoints", "auto", ("auto", "true", "false"),
                       "Write checkpoints on a background thread from a copy of the generator "
-                      "and optimizer in host memory, so training goes on while they are "
-                      "written; the copy costs as much host memory as the checkpoint. "
-                      "False: write them in the training thread.")
+                      "and optimizer in host memory (as large as the checkpoint), so training "
+                      "goes on while they are written. auto: on GPU only, because on a CPU "
+                      "the write takes cores from training and saves little.")
 
 
 def _validate_tap_weights(text: str) -> bool:

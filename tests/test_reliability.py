@@ -284,7 +284,7 @@ def train_command(workdir, data_dir, text_dir):
             "--dataset=folder", f"--data_dir={data_dir}", f"--text_encoder={text_dir}",
             "--teacher_weights=random", "--precision=float32", "--jit_compile=false",
             "--batch_size=4", "--max_steps=10", "--log_every=1", "--checkpoint_every=2",
-            "--sample_every=100", "--seed=3"]
+            "--sample_every=100", "--seed=3", "--background_checkpoints=true"]
 
 
 def newest_checkpoint_step(workdir):
