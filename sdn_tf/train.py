@@ -483,6 +483,8 @@ def _checkpoint_writer(config, policy, checkpoint, generator, optimizer, step):
         background = False
     if not background:
         return workdir_lib.CheckpointWriter(checkpoint, config.workdir, config.keep_checkpoints)
+    # NOTE: not yet checked on a GPU machine that the copy lands in host memory.
+    # In GPU memory it would double the memory that the generator and Adam take.
     with tf.device("/cpu:0"):
         shadow_generator = build_generator(
             config.image_size, config.embedding_dim, config.num_images, seed=config.seed,
