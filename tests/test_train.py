@@ -76,17 +76,22 @@ def test_resume_continues_step_and_losses(tmp_path, records):
     np.testing.assert_allclose(split[-1]["loss"], whole[-1]["loss"], rtol=1e-4)
 
 
-def test_background_checkpoints_match_training_thread(tmp_path, records, caplog):
+def test_background_checkpoints_match_training_thread(tmp_path, records, monkeypatch):
     """A checkpoint written while training goes on contains the weights of its own step."""
-    import logging
-
     import tensorflow as tf
 
-    caplog.set_level(logging.INFO)
+    written_in_background = []
+    write = workdir_lib.CheckpointWriter._write
+
+    def recording_write(self, step):
+        written_in_background.append(step)
+        write(self, step)
+
+    monkeypatch.setattr(workdir_lib.CheckpointWriter, "_write", recording_write)
     # precision="auto" takes the fused XLA update of mixed_bfloat16 where the CPU has bf16.
     train(config(tmp_path / "background", precision="auto", background_checkpoints="true"),
           records, records[:2])
-    assert "ckpt-2 in the background" in caplog.text
+    assert written_in_background == [0, 2, 4]
     train(config(tmp_path / "foreground", precision="auto", background_checkpoints="false"),
           records, records[:2])
     for number in (2, 4):
