@@ -458,9 +458,13 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     checkpoint_writer.wait()
 
     path = _save_generator(generator, config.workdir)
+    final_path = os.path.join(config.workdir, FINAL_STATE)
+    if not last_losses:  # no step ran: the run had already finished
+        last_losses = workdir_lib.previous_summary(final_path, start).get("losses", {})
+        logging.info("The run had already reached step %d; %s keeps its losses.", start,
+                     final_path)
     workdir_lib.write_json_atomically(
-        os.path.join(config.workdir, FINAL_STATE),
-        {"step": int(step.numpy()), "losses": last_losses, "generator_weights": path})
+        final_path, {"step": int(step.numpy()), "losses": last_losses, "generator_weights": path})
     logging.info("Finished at step %d; generator weights in %s.", int(step.numpy()), path)
     return last_losses
 

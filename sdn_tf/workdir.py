@@ -51,6 +51,22 @@ def write_json_atomically(path: str, payload: Mapping) -> None:
         raise
 
 
+def previous_summary(path: str, step: int) -> dict:
+    """Return the JSON summary at `path` if a finished run wrote it at `step`, else {}.
+
+    A rerun of a finished command trains no step, so it has no losses of its
+    own. It keeps the ones the finishing run recorded instead of erasing them.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            summary = json.load(file)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(summary, dict) or summary.get("step") != step:
+        return {}
+    return summary
+
+
 def read_config(workdir: str) -> dict:
     """Read a workdir's config.json, raising WorkdirError when it is missing or corrupt."""
     path = os.path.join(workdir, CONFIG_FILE)
@@ -171,6 +187,7 @@ def checkpoint_manager(checkpoint: tf.train.Checkpoint, workdir: str,
     """
     directory = os.path.join(workdir, "checkpoints")
     index_path = os.path.join(directory, "checkpoint")
+    _remove_interrupted_writes(directory)
     if os.path.isfile(index_path):
         try:
             state = tf.train.get_checkpoint_state(directory)
@@ -179,6 +196,23 @@ def checkpoint_manager(checkpoint: tf.train.Checkpoint, workdir: str,
         if state is None or not state.model_checkpoint_path:
             _rebuild_index(directory)
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+
+
+def _remove_interrupted_writes(directory: str) -> None:
+    """Delete the ckpt-N_temp folders that a run killed while saving leaves behind.
+
+    TensorFlow writes a checkpoint's shards into such a folder and merges them
+    into ckpt-N only when all are written, so the folder is never a usable
+    checkpoint, and it can be as large as one.
+    """
+    if not os.path.isdir(directory):
+        return
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if re.fullmatch(r"ckpt-\d+_temp.*", name) and os.path.isdir(path):
+            shutil.rmtree(path)
+            logging.warning("Removed %s, left by a checkpoint write that was interrupted.",
+                            path)
 
 
 def _checkpoint_numbers_on_disk(directory: str) -> list[int]:

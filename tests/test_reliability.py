@@ -107,6 +107,17 @@ def test_garbled_index_rebuilt(tmp_path):
     assert int(step.numpy()) == 1
 
 
+def test_interrupted_write_folder_removed(tmp_path):
+    checkpoint, step = saved_steps(tmp_path, [0, 1])
+    leftover = tmp_path / "checkpoints" / "ckpt-2_temp"
+    leftover.mkdir()
+    (leftover / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 100)
+    manager = workdir_lib.checkpoint_manager(checkpoint, str(tmp_path), max_to_keep=5)
+    assert not leftover.exists()
+    assert workdir_lib.restore_latest(manager, checkpoint)
+    assert int(step.numpy()) == 1
+
+
 def test_all_checkpoints_damaged_raises(tmp_path):
     checkpoint, _ = saved_steps(tmp_path, [0, 1])
     for number in (0, 1):

@@ -301,6 +301,17 @@ def test_resume_equals_uninterrupted_run(resumed_run, tiny_data, tmp_path):
                                straight.text_encoder.embed(captions), rtol=1e-4, atol=1e-5)
 
 
+def test_rerun_of_finished_run_keeps_figures(resumed_run, tiny_data):
+    workdir, _, second = resumed_run
+    train, test = tiny_data
+    again = text_train.train_text_encoder(_config(workdir, max_steps=6), train, test)
+    assert again.summary["step"] == 6
+    assert "train_loss" in second.summary
+    assert again.summary["train_loss"] == second.summary["train_loss"]
+    stored = json.loads((workdir / text_train.EVAL_FILE).read_text())
+    assert stored["train_loss"] == second.summary["train_loss"]
+
+
 def test_load_gives_trained_embeddings(resumed_run):
     workdir, _, second = resumed_run
     loaded = enc.load_text_encoder(str(workdir))

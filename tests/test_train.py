@@ -109,6 +109,16 @@ def test_background_checkpoints_match_training_thread(tmp_path, records, monkeyp
                                        rtol=1e-5, atol=1e-7, err_msg=f"ckpt-{number} {name}")
 
 
+def test_rerun_of_finished_run_keeps_losses(tmp_path, records):
+    first = train(config(tmp_path / "run"), records, records[:2])
+    again = train(config(tmp_path / "run"), records, records[:2])
+    assert first["loss"] > 0
+    assert again == first
+    stored = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert stored["step"] == 4
+    assert stored["losses"] == first
+
+
 def test_stage2_from_stage1(tmp_path, records):
     train(config(tmp_path / "stage1"), records, records[:2])
     losses = train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "stage1")),

@@ -717,7 +717,14 @@ def _finish(config, text_encoder, image_projection, features, test_records, step
     logging.info("Wrote %s and %s at step %d.", weights_path, projection_path, final_step)
 
     summary = {"step": final_step}
-    summary.update({f"train_{name}": value for name, value in last_window.items()})
+    if last_window:
+        summary.update({f"train_{name}": value for name, value in last_window.items()})
+    else:
+        # A rerun of a finished run trained no step: keep the recorded figures.
+        previous = workdir_lib.previous_summary(os.path.join(config.workdir, EVAL_FILE),
+                                                final_step)
+        summary.update({name: value for name, value in previous.items()
+                        if name.startswith("train_")})
     if test_records and "test" in features:
         if len({int(record.class_id) for record in test_records}) < 2:
             logging.warning("The test split has fewer than 2 classes; the zero-shot "
