@@ -214,8 +214,8 @@ def _check_text_encoder_unchanged(stored: dict, config: SDNConfig, where: str) -
 def _check_init_from(config: SDNConfig) -> dict:
     """Check --init_from's kind, generator settings and weights file, and return its config."""
     source = config.init_from
-    stored = workdir_lib.read_config(source)
-    workdir_lib.check_kind(stored, source, KIND)
+    stored = workdir_lib.read_config(source, "--init_from")
+    workdir_lib.check_kind(stored, source, KIND, "--init_from")
     # Runs written before --image_gain and --normalise_embeddings existed lack
     # those keys because they had gain 1 and no normalisation.
     defaults = {"image_gain": 1.0, "normalise_embeddings": False}

@@ -67,13 +67,16 @@ def previous_summary(path: str, step: int) -> dict:
     return summary
 
 
-def read_config(workdir: str) -> dict:
-    """Read a workdir's config.json, raising WorkdirError when it is missing or corrupt."""
+def read_config(workdir: str, flag: str = "--workdir") -> dict:
+    """Read a workdir's config.json, raising WorkdirError when it is missing or corrupt.
+
+    `flag` names the command-line flag that gave `workdir`, for the message.
+    """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise WorkdirError(
-            f"{path!r} not found: {workdir!r} is not an sdn_tf workdir, or its run never "
-            "started. Pass the --workdir of a finished run."
+            f"{path!r} not found: {flag}={workdir!r} is not an sdn_tf workdir, or its run "
+            f"never started. Point {flag} at the workdir of a finished run."
         )
     try:
         with open(path, encoding="utf-8") as file:
@@ -82,12 +85,21 @@ def read_config(workdir: str) -> dict:
         raise WorkdirError(f"Could not read {path!r}: {error}.") from None
 
 
-def check_kind(config: Mapping, workdir: str, kind: str) -> None:
-    """Raise WorkdirError unless the workdir's config says it holds a run of `kind`."""
+# The program that writes each kind of workdir, for error messages.
+PROGRAM_OF_KIND = {"sdn": "sdn-train", "text_encoder": "sdn-train-text"}
+
+
+def check_kind(config: Mapping, workdir: str, kind: str, flag: str = "--workdir") -> None:
+    """Raise WorkdirError unless the workdir's config records a run of `kind`.
+
+    `flag` names the command-line flag that gave `workdir`, for the message.
+    """
     found = config.get("kind")
     if found != kind:
+        program = PROGRAM_OF_KIND.get(kind, kind)
         raise WorkdirError(
-            f"{workdir!r} contains a {found!r} run, but a {kind!r} run is needed here."
+            f"{flag}={workdir!r} contains a {found!r} run, but a {kind!r} run is needed "
+            f"here. Point {flag} at the workdir of an {program} run."
         )
 
 

@@ -170,9 +170,25 @@ def test_normalised_embeddings_reach_export(tmp_path, records):
 
 def test_init_from_unfinished_run(tmp_path, records):
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(workdir_lib.WorkdirError, match="config.json"):
+    with pytest.raises(workdir_lib.WorkdirError, match="config.json.*Point --init_from at"):
         train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "empty")),
               records, records[:2])
+
+
+def test_init_from_text_encoder_workdir_names_flag(tmp_path, records):
+    os.makedirs(tmp_path / "text")
+    workdir_lib.write_json_atomically(str(tmp_path / "text" / "config.json"),
+                                      {"kind": "text_encoder"})
+    with pytest.raises(workdir_lib.WorkdirError,
+                       match=r"--init_from=.*'text_encoder' run.*an? sdn-train run"):
+        train(config(tmp_path / "stage2", stage=2, init_from=str(tmp_path / "text")),
+              records, records[:2])
+
+
+def test_missing_text_encoder_names_flag(tmp_path, records):
+    with pytest.raises(workdir_lib.WorkdirError, match="Point --text_encoder at"):
+        train(config(tmp_path / "run", text_embeddings="encoder",
+                     text_encoder=str(tmp_path / "nope")), records, records[:2])
 
 
 def test_resume_with_other_stage_rejected(tmp_path, records):

@@ -285,8 +285,8 @@ def load_text_encoder(workdir: str) -> TextEncoder:
     """
     from sdn_tf.workdir import WorkdirError, check_kind, read_config
 
-    config = read_config(workdir)
-    check_kind(config, workdir, WORKDIR_KIND)
+    config = read_config(workdir, "--text_encoder")
+    check_kind(config, workdir, WORKDIR_KIND, "--text_encoder")
     check_encoding_config(config, workdir)
     weights_path = os.path.join(workdir, WEIGHTS_FILE)
     if not os.path.isfile(weights_path):
