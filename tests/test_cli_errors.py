@@ -53,3 +53,27 @@ def test_export_missing_workdir_one_line(tmp_path):
     assert "error:" in result.stderr
     assert str(tmp_path / "nope") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_usage_error_prints_one_line_without_banner(monkeypatch, capsys):
+    from absl import app
+
+    monkeypatch.delenv(errors.TRACEBACK_VARIABLE, raising=False)
+    message = "Pass either --captions or --captions_file, not both."
+    with pytest.raises(SystemExit) as exited:
+        errors.with_clear_errors(failing_main(app.UsageError(message)))(["program"])
+    assert exited.value.code == 1
+    printed = capsys.readouterr().err
+    assert f"error: {message}" in printed
+    assert "--helpfull" in printed
+    assert "USAGE" not in printed
+
+
+def test_generate_without_captions_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sdn_tf.cli.generate", f"--model={tmp_path}",
+         f"--output_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "error: No captions given" in result.stderr
+    assert "USAGE" not in result.stderr

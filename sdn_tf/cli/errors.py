@@ -30,16 +30,24 @@ def with_clear_errors(main: Callable) -> Callable:
     def wrapped(argv):
         try:
             return main(argv)
+        except app.UsageError as error:
+            # absl would print the whole module docstring before the message.
+            print(f"{_program()}: error: {error}\nPass --helpfull to list the flags.",
+                  file=sys.stderr)
+            sys.exit(1)
         except USER_ERRORS as error:
             if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
                 raise
-            program = os.path.basename(sys.argv[0]) if sys.argv else "sdn_tf"
-            print(f"{program}: error: {error}\n(Set {TRACEBACK_VARIABLE}=1 to see the "
+            print(f"{_program()}: error: {error}\n(Set {TRACEBACK_VARIABLE}=1 to see the "
                   "traceback.)", file=sys.stderr)
             sys.exit(1)
 
     wrapped.__doc__ = main.__doc__
     return wrapped
+
+
+def _program() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv else "sdn_tf"
 
 
 def run_program(main: Callable) -> None:
