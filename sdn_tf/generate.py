@@ -31,8 +31,12 @@ def read_captions_file(path: str) -> list[str]:
     encoding raises ValueError with the line number, because a lenient read
     would feed replacement characters to the text encoder without a word.
     """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Captions file {path!r} is a folder. Pass --captions_file="
+                                "a text file with one caption per line.")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Captions file {path!r} not found.")
+        raise FileNotFoundError(f"Captions file {path!r} not found. Check the path, or pass "
+                                "the captions with --captions.")
     with open(path, "rb") as file:
         lines = file.read().splitlines()
     captions = []

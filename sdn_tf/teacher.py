@@ -109,8 +109,9 @@ def _load_vgg19(image_size: int, weights: str) -> keras.Model:
             ) from error
     path = os.path.expanduser(weights)
     if not os.path.isfile(path):
+        problem = "is a folder, not a file" if os.path.isdir(path) else "not found"
         raise FileNotFoundError(
-            f"Teacher weights file {path!r} not found. Pass --teacher_weights=imagenet, "
+            f"Teacher weights file {path!r} {problem}. Pass --teacher_weights=imagenet, "
             "--teacher_weights=random, or the path of an existing VGG19 notop weights file."
         )
     model = keras.applications.VGG19(include_top=False, weights=None, input_shape=shape)

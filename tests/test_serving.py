@@ -329,3 +329,12 @@ def test_unreadable_captions_lists_numbers(caplog):
     message = caplog.records[-1].getMessage()
     assert message.startswith("12 of 16 captions (numbers 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 "
                               "and 2 more) contain no character")
+
+
+def test_captions_file_folder_and_missing_file(tmp_path):
+    from sdn_tf.generate import read_captions_file
+
+    with pytest.raises(IsADirectoryError, match="is a folder.*one caption per line"):
+        read_captions_file(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not found. Check the path.*--captions"):
+        read_captions_file(str(tmp_path / "nope.txt"))

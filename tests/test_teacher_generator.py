@@ -196,6 +196,11 @@ def test_teacher_missing_weights_file_names_path(tmp_path):
         teacher_lib.build_teacher(64, missing)
 
 
+def test_teacher_weights_folder_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file.*random"):
+        teacher_lib.build_teacher(64, str(tmp_path))
+
+
 def test_teacher_unreadable_weights_file(tmp_path):
     path = tmp_path / "broken.h5"
     path.write_bytes(b"this is not an HDF5 file")
