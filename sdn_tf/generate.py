@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -154,9 +155,21 @@ def contact_sheet(images: np.ndarray, captions: Sequence[str], columns: int = 4)
             sheet.paste(Image.fromarray(images[index, k]), (left + k * width, top))
         text = captions[index]
         characters = max(cell_width // 7, 8)
-        lines = [text[:characters], text[characters:2 * characters]]
+        lines = caption_label(text, characters)
         draw.text((left + 2, top + height + 2), "\n".join(lines), fill="black", font=font)
     return sheet
+
+
+def caption_label(caption: str, characters: int, max_lines: int = 2) -> list[str]:
+    """Return `caption` wrapped at word boundaries into at most `max_lines` lines.
+
+    A caption that does not fit ends its last line with "...".
+    """
+    lines = textwrap.wrap(caption, width=characters) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:max(characters - 3, 1)].rstrip() + "..."
+    return lines
 
 
 def write_outputs(images: np.ndarray, captions: Sequence[str], output_dir: str) -> list[str]:

@@ -338,3 +338,15 @@ def test_captions_file_folder_and_missing_file(tmp_path):
         read_captions_file(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not found. Check the path.*--captions"):
         read_captions_file(str(tmp_path / "nope.txt"))
+
+
+def test_caption_label_wraps_at_words():
+    from sdn_tf.generate import caption_label
+
+    lines = caption_label("a small red circle in the top left corner on a grey background", 22)
+    assert len(lines) == 2
+    assert lines[0] == "a small red circle in"
+    assert lines[1].endswith("...")
+    assert all(len(line) <= 22 for line in lines)
+    assert caption_label("a bird", 22) == ["a bird"]
+    assert caption_label("", 22) == [""]
