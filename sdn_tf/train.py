@@ -390,7 +390,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
                          len(train_embeddings))
 
     checkpoint_writer = _checkpoint_writer(config, policy, checkpoint, generator, optimizer,
-                                               step)
+                                           step)
     steps_per_epoch = len(pair_image_index) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps:
@@ -435,8 +435,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
                 # train_step has already refused the update; decide what follows.
                 iterator, current = _recover_from_nan(
                     config, losses, current, nan_restores, checkpoint_writer, checkpoint,
-                    step,
-                    train_images, train_embeddings, pair_image_index, strategy)
+                    step, train_images, train_embeddings, pair_image_index, strategy)
                 nan_restores += 1
                 continue
             step.assign(current)
@@ -501,9 +500,11 @@ def _checkpoint_writer(config, policy, checkpoint, generator, optimizer, step):
                                  optimizer=shadow_optimizer)
     pairs = list(zip([step, *generator.weights, *optimizer.variables],
                      [shadow_step, *shadow_generator.weights, *shadow_optimizer.variables]))
+    copy_bytes = sum(int(np.prod(real.shape)) * tf.as_dtype(real.dtype).size
+                     for real, _ in pairs)
     logging.info("Checkpoints are written on a background thread from a copy in host memory "
                  "(%.0f MB); --background_checkpoints=false writes them in the training thread.",
-                 sum(int(np.prod(real.shape)) * tf.as_dtype(real.dtype).size for real, _ in pairs) / 1e6)
+                 copy_bytes / 1e6)
     return workdir_lib.CheckpointWriter(checkpoint, config.workdir, config.keep_checkpoints,
                                         shadow=shadow, pairs=pairs)
 
