@@ -247,11 +247,42 @@ def _load_init_weights(config: SDNConfig, generator) -> None:
     logging.info("Initialised the generator from %s (Stage %s run).", path, stored.get("stage"))
 
 
-def _check_before_loading(config: SDNConfig) -> None:
+def _schedule(config: SDNConfig, num_pairs: int) -> tuple:
+    """Return (steps per epoch, total steps) for `num_pairs` (image, caption) pairs."""
+    steps_per_epoch = num_pairs // config.batch_size
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps) if config.epochs else config.max_steps
+    return steps_per_epoch, total_steps
+
+
+def _finished_losses(config: SDNConfig, train_records, resuming: bool) -> Optional[dict]:
+    """Return the recorded losses if the run in the workdir already reached its last step.
+
+    A rerun of a finished command then returns at once instead of embedding
+    every training caption (most of a minute on a CPU) to train no step.
+    None means there is work to do.
+    """
+    if not resuming or config.strategy != "default":
+        return None
+    if not os.path.isfile(os.path.join(config.workdir, GENERATOR_WEIGHTS)):
+        return None
+    _, total_steps = _schedule(config, sum(len(record.captions) for record in train_records))
+    summary = workdir_lib.previous_summary(os.path.join(config.workdir, FINAL_STATE),
+                                           total_steps)
+    if not summary:
+        return None
+    logging.info("The run in %s already reached step %d; nothing to train. Raise "
+                 "--max_steps or --epochs to train further.", config.workdir, total_steps)
+    return summary.get("losses", {})
+
+
+def _check_before_loading(config: SDNConfig) -> bool:
     """Raise the errors a user can fix before the slow work of loading and embedding.
 
     Embedding every training caption takes most of a minute on a CPU, and
-    the run writes its config.json only after these checks pass.
+    the run writes its config.json only after these checks pass. Returns
+    whether the workdir contains a run to resume.
     """
     if config.text_embeddings == "encoder":
         if not config.text_encoder:
@@ -273,6 +304,7 @@ def _check_before_loading(config: SDNConfig) -> None:
     elif config.stage == 2:
         logging.warning("Stage-II starts from a randomly initialised generator. SDN trains "
                         "Stage-II from a Stage-I result: pass --init_from=STAGE1_WORKDIR.")
+    return state == "resume"
 
 
 def _set_image_bias_to_mean(generator, images: np.ndarray, config: SDNConfig) -> None:
@@ -326,7 +358,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     if own_workdir != config.workdir:
         config = dataclasses.replace(config, workdir=own_workdir)
 
-    _check_before_loading(config)
+    resuming = _check_before_loading(config)
     with strategy.scope():
         # Before the data, so a bad --teacher_weights fails within seconds.
         teacher = build_teacher(config.image_size, config.teacher_weights,
@@ -336,6 +368,9 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         train_records = load_split(config.dataset, config.data_dir, "train",
                                    use_embeddings=config.text_embeddings == "pickle",
                                    class_lists=class_lists_of(config))
+    finished = _finished_losses(config, train_records, resuming)
+    if finished is not None:
+        return finished
     if test_records is None:
         try:
             test_records = load_split(config.dataset, config.data_dir, "test",
@@ -391,10 +426,7 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
 
     checkpoint_writer = _checkpoint_writer(config, policy, checkpoint, generator, optimizer,
                                            step)
-    steps_per_epoch = len(pair_image_index) // config.batch_size
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps) if config.epochs else config.max_steps
+    steps_per_epoch, total_steps = _schedule(config, len(pair_image_index))
     start = int(step.numpy())
     logging.info(
         "Stage-%s training (scheme %s) on %d images, %d caption pairs: %d steps per epoch, "

@@ -109,11 +109,24 @@ def test_background_checkpoints_match_training_thread(tmp_path, records, monkeyp
                                        rtol=1e-5, atol=1e-7, err_msg=f"ckpt-{number} {name}")
 
 
-def test_rerun_of_finished_run_keeps_losses(tmp_path, records):
+def test_rerun_of_finished_run_keeps_losses(tmp_path, records, monkeypatch):
+    from sdn_tf import train as train_lib
+
     first = train(config(tmp_path / "run"), records, records[:2])
-    again = train(config(tmp_path / "run"), records, records[:2])
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("a finished run embedded its captions again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_lib, "embed_records", no_embedding)
+        again = train(config(tmp_path / "run"), records, records[:2])
     assert first["loss"] > 0
     assert again == first
+    # Without its final weights the run restores step 4, trains no step and
+    # writes them again, keeping the recorded losses.
+    os.remove(tmp_path / "run" / GENERATOR_WEIGHTS)
+    train(config(tmp_path / "run"), records, records[:2])
+    assert (tmp_path / "run" / GENERATOR_WEIGHTS).is_file()
     stored = json.loads((tmp_path / "run" / "final.json").read_text())
     assert stored["step"] == 4
     assert stored["losses"] == first
