@@ -410,8 +410,10 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
     checkpoint = tf.train.Checkpoint(step=step, generator=generator, optimizer=optimizer)
-    manager = workdir_lib.checkpoint_manager(checkpoint, config.workdir, config.keep_checkpoints)
-    if resuming and workdir_lib.restore_latest(manager, checkpoint):
+    checkpoint_writer = _checkpoint_writer(config, policy, checkpoint, generator, optimizer,
+                                           step)
+    # The writer's checkpoints restore into `checkpoint`, whichever object wrote them.
+    if resuming and workdir_lib.restore_latest(checkpoint_writer.manager, checkpoint):
         logging.info("Resuming at step %d.", int(step.numpy()))
     elif config.init_from:
         _load_init_weights(config, generator)
@@ -424,8 +426,6 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
                          "caption embeddings.", float(np.linalg.norm(mean)), scale,
                          len(train_embeddings))
 
-    checkpoint_writer = _checkpoint_writer(config, policy, checkpoint, generator, optimizer,
-                                           step)
     steps_per_epoch, total_steps = _schedule(config, len(pair_image_index))
     start = int(step.numpy())
     logging.info(

@@ -55,7 +55,7 @@ def previous_summary(path: str, step: int) -> dict:
     """Return the JSON summary at `path` if a finished run wrote it at `step`, else {}.
 
     A rerun of a finished command trains no step, so it has no losses of its
-    own. It keeps the ones the finishing run recorded instead of erasing them.
+    own. Its callers keep the recorded ones instead of erasing them.
     """
     try:
         with open(path, encoding="utf-8") as file:

@@ -44,18 +44,22 @@ def test_other_errors_keep_traceback(monkeypatch):
         errors.with_clear_errors(failing_main(KeyError("bug")))(["program"])
 
 
+def run_module(module, *flags):
+    """Run `python -m module flags...` and return the completed process."""
+    return subprocess.run([sys.executable, "-m", module, *flags], capture_output=True,
+                          text=True, timeout=300)
+
+
 def test_export_missing_workdir_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "sdn_tf.cli.export", f"--workdir={tmp_path / 'nope'}",
-         f"--export_dir={tmp_path / 'export'}"],
-        capture_output=True, text=True, timeout=300)
+    result = run_module("sdn_tf.cli.export", f"--workdir={tmp_path / 'nope'}",
+                        f"--export_dir={tmp_path / 'export'}")
     assert result.returncode == 1
     assert "error:" in result.stderr
     assert str(tmp_path / "nope") in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_usage_error_prints_one_line_without_banner(monkeypatch, capsys):
+def test_usage_error_one_line_no_banner(monkeypatch, capsys):
     from absl import app
 
     monkeypatch.delenv(errors.TRACEBACK_VARIABLE, raising=False)
@@ -70,10 +74,8 @@ def test_usage_error_prints_one_line_without_banner(monkeypatch, capsys):
 
 
 def test_generate_without_captions_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "sdn_tf.cli.generate", f"--model={tmp_path}",
-         f"--output_dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, timeout=300)
+    result = run_module("sdn_tf.cli.generate", f"--model={tmp_path}",
+                        f"--output_dir={tmp_path / 'out'}")
     assert result.returncode == 1
     assert "error: No captions given" in result.stderr
     assert "USAGE" not in result.stderr

@@ -214,7 +214,7 @@ def background_writer(workdir):
     return writer, step, values
 
 
-def test_background_checkpoint_keeps_values_of_its_step(tmp_path):
+def test_background_checkpoint_keeps_saved_values(tmp_path):
     writer, step, values = background_writer(tmp_path)
     step.assign(5)
     values.assign(tf.fill([1000], 5.0))
@@ -231,11 +231,11 @@ def test_background_checkpoint_keeps_values_of_its_step(tmp_path):
     assert float(values.numpy()[0]) == 6.0
 
 
-def test_background_write_failure_raised_in_training_thread(tmp_path):
+def test_background_write_failure_reraised(tmp_path):
     writer, _, _ = background_writer(tmp_path / "run")
     os.makedirs(tmp_path / "run")
     (tmp_path / "run" / "checkpoints").write_text("a file where the folder should be")
-    writer.save(1)  # returns at once; the write fails on its thread
+    writer.save(1)  # Returns at once, and the write fails on its thread.
     with pytest.raises(workdir_lib.CheckpointWriteError, match="step-1 checkpoint in workdir"):
         writer.wait()
     writer.wait()  # the error is raised once

@@ -188,7 +188,7 @@ def test_init_from_unfinished_run(tmp_path, records):
               records, records[:2])
 
 
-def test_init_from_text_encoder_workdir_names_flag(tmp_path, records):
+def test_wrong_kind_init_from_names_flag(tmp_path, records):
     os.makedirs(tmp_path / "text")
     workdir_lib.write_json_atomically(str(tmp_path / "text" / "config.json"),
                                       {"kind": "text_encoder"})
