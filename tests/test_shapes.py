@@ -32,7 +32,7 @@ def _files_with_bytes(folder):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return shapes.build_shapes(tmp_path_factory.mktemp("cache") / "shapes-v3", **SMALL)
+    return shapes.build_shapes(tmp_path_factory.mktemp("cache") / "shapes-v4", **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_layout_and_counts(dataset):
 def test_cache_reused(dataset):
     image = os.path.join(dataset, "train", "images", "00000.png")
     before = os.stat(image).st_mtime_ns
-    assert shapes.build_shapes(os.path.dirname(dataset) + "/shapes-v3", **SMALL) == dataset
+    assert shapes.build_shapes(os.path.dirname(dataset) + "/shapes-v4", **SMALL) == dataset
     assert os.stat(image).st_mtime_ns == before
 
 
@@ -102,7 +102,7 @@ def test_rebuild_after_deleted_marker(dataset, dataset_copy):
 
 
 def test_rebuild_half_written_folder(dataset, tmp_path):
-    root = tmp_path / "shapes-v3"
+    root = tmp_path / "shapes-v4"
     (root / "train" / "images").mkdir(parents=True)
     (root / "train" / "images" / "00000.png").write_bytes(b"partial")
 
@@ -118,7 +118,7 @@ def test_foreign_folder_kept(tmp_path):
 
 
 def test_other_params_use_sibling(dataset):
-    root = os.path.dirname(dataset) + "/shapes-v3"
+    root = os.path.dirname(dataset) + "/shapes-v4"
     other = shapes.build_shapes(root, seed=5, **SMALL)
     assert other == root + "-seed5-64px-train2-test2"
     with open(os.path.join(root, "params.json")) as f:
@@ -128,26 +128,80 @@ def test_other_params_use_sibling(dataset):
 
 
 def test_no_staging_folder_left(tmp_path):
-    shapes.build_shapes(tmp_path / "shapes-v3", **SMALL)
-    assert sorted(os.listdir(tmp_path)) == ["shapes-v3"]
+    shapes.build_shapes(tmp_path / "shapes-v4", **SMALL)
+    assert sorted(os.listdir(tmp_path)) == ["shapes-v4"]
 
 
 @pytest.mark.parametrize("name, value", [
     ("seed", -1), ("image_size", 16), ("images_per_class_train", 0),
-    ("images_per_class_test", 1.5),
+    ("images_per_class_test", 1.5), ("backgrounds", "dark"),
 ])
 def test_invalid_parameter_rejected(tmp_path, name, value):
     kwargs = dict(SMALL, **{name: value})
     with pytest.raises(ValueError, match=name):
-        shapes.build_shapes(tmp_path / "shapes-v3", **kwargs)
-    assert not (tmp_path / "shapes-v3").exists()
+        shapes.build_shapes(tmp_path / "shapes-v4", **kwargs)
+    assert not (tmp_path / "shapes-v4").exists()
+
+
+def test_default_backgrounds_are_light(records):
+    light = set(shapes.BACKGROUND_SETS["light"])
+    assert light == {"white", "cream", "beige", "light grey"}
+    for split in shapes.SPLITS:
+        seen = {r.attributes["background"] for r in records[split]}
+        assert seen <= light, seen - light
+
+
+def test_all_backgrounds_include_dark_ones(tmp_path):
+    folder = shapes.build_shapes(tmp_path / "all", backgrounds="all", image_size=32,
+                                 images_per_class_train=6, images_per_class_test=1)
+    seen = {r.attributes["background"] for r in shapes.load_shapes_split(folder, "train")}
+    assert seen == set(shapes.BACKGROUND_RGB), seen
+    with open(os.path.join(folder, "params.json")) as f:
+        assert json.load(f)["backgrounds"] == "all"
+
+
+def test_other_backgrounds_use_sibling(dataset):
+    root = os.path.dirname(dataset) + "/shapes-v4"
+    other = shapes.build_shapes(root, backgrounds="all", **SMALL)
+    assert other == root + "-seed0-64px-train2-test2-all"
+
+
+def test_open_shapes_reads_build_as_is(tmp_path):
+    folder = shapes.build_shapes(tmp_path / "all", backgrounds="all", **SMALL)
+    assert shapes.open_shapes(folder) == folder
+    assert sorted(os.listdir(tmp_path)) == ["all"]
+
+
+def test_load_split_reads_the_build_in_data_dir(tmp_path):
+    from sdn_tf.data.datasets import load_split
+
+    folder = shapes.build_shapes(tmp_path / "all", backgrounds="all", image_size=32,
+                                 images_per_class_train=6, images_per_class_test=1)
+    records = load_split("shapes", folder, "train")
+    assert {r.attributes["background"] for r in records} == set(shapes.BACKGROUND_RGB)
+
+
+def test_open_shapes_builds_default(tmp_path):
+    folder = shapes.open_shapes(tmp_path / "new")
+    with open(os.path.join(folder, "params.json")) as f:
+        params = json.load(f)
+    assert folder == str(tmp_path / "new")
+    assert params["backgrounds"] == shapes.DEFAULT_BACKGROUNDS
+    assert params["format_version"] == shapes.FORMAT_VERSION
+
+
+def test_open_shapes_unreadable_params_named(dataset_copy):
+    with open(os.path.join(dataset_copy, "params.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="params.json.*delete the folder"):
+        shapes.open_shapes(dataset_copy)
 
 
 def test_default_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SDN_TF_DATA_DIR", str(tmp_path))
-    assert shapes.default_shapes_dir() == os.path.join(str(tmp_path), "shapes-v3")
+    assert shapes.default_shapes_dir() == os.path.join(str(tmp_path), "shapes-v4")
     monkeypatch.delenv("SDN_TF_DATA_DIR")
-    expected = os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v3")
+    expected = os.path.join(os.path.expanduser("~"), ".cache", "sdn_tf", "shapes-v4")
     assert shapes.default_shapes_dir() == expected
 
 
@@ -283,7 +337,7 @@ def test_colour_accuracy_rendered(records, split):
 
 
 def test_colour_survives_blur_and_downsampling(tmp_path):
-    folder = shapes.build_shapes(tmp_path / "shapes-v3", image_size=128,
+    folder = shapes.build_shapes(tmp_path / "shapes-v4", image_size=128,
                                  images_per_class_train=1, images_per_class_test=1)
     images, colours = [], []
     for split in shapes.SPLITS:
@@ -376,3 +430,39 @@ def test_evaluate_colour_needs_attributes(records):
                        captions=record.captions, class_id=record.class_id)
     with pytest.raises(ValueError, match="attributes"):
         shapes.evaluate_colour([_read_rgb(record.image_path)], [bare])
+
+
+# --- tools/build_shapes.py ----------------------------------------------------
+
+_BUILD_TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "tools", "build_shapes.py")
+
+
+def _run_build_tool(*flags):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, _BUILD_TOOL, *flags], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_build_tool_writes_the_variant(tmp_path):
+    result = _run_build_tool(f"--output_dir={tmp_path / 'all'}", "--backgrounds=all",
+                             "--image_size=32", "--images_per_class_train=6",
+                             "--images_per_class_test=1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["folder"] == str(tmp_path / "all")
+    assert report["params"]["backgrounds"] == "all"
+    seen = {r.attributes["background"]
+            for r in shapes.load_shapes_split(report["folder"], "train")}
+    assert seen == set(shapes.BACKGROUND_RGB)
+
+
+def test_build_tool_rejects_a_file_as_output(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    result = _run_build_tool(f"--output_dir={target}")
+    assert result.returncode == 1
+    assert f"--output_dir={target} is a file" in result.stderr
+    assert target.read_text() == "keep"

@@ -157,7 +157,16 @@ def test_jpeg_images_close_to_source(shapes_root, tmp_path):
     original = shapes.load_shapes_split(shapes_root, "test")
     expected = pipeline.load_images(original, 64).astype(np.float32)
     actual = pipeline.load_images(tfrecords.read_tfrecord_split(output, "test"), 64)
-    assert np.abs(actual - expected).mean() < 2.0
+    # One JPEG encode at the default quality is the floor: the prepared images
+    # must lose no more than that, so nothing is resized or encoded twice.
+    once = np.stack([
+        tf.io.decode_jpeg(tf.io.encode_jpeg(image.astype(np.uint8),
+                                            quality=tfrecords.DEFAULT_JPEG_QUALITY)).numpy()
+        for image in expected]).astype(np.float32)
+    floor = np.abs(once - expected).mean()
+    error = np.abs(actual - expected).mean()
+    assert error <= 1.1 * floor + 0.1
+    assert error < 4.0
 
 
 def test_subset_out_of_order(prepared):

@@ -39,7 +39,7 @@ def load_split(dataset: str, data_dir: Optional[str], split: str,
     elif dataset == "shapes":
         from sdn_tf.data import shapes
 
-        root = shapes.build_shapes(data_dir)
+        root = shapes.open_shapes(data_dir)
         records = shapes.load_shapes_split(root, split)
     else:
         if not data_dir:

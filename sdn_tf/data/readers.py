@@ -51,7 +51,7 @@ def _read_shapes(data_dir, split):
             raise
         raise ValueError("Dataset 'shapes' is not available in this installation: the "
                          "module sdn_tf.data.shapes is missing.") from error
-    return shapes.load_shapes_split(shapes.build_shapes(data_dir or None), split)
+    return shapes.load_shapes_split(shapes.open_shapes(data_dir), split)
 
 
 def read_dataset(name: str, data_dir, split: Optional[str], **kwargs) -> list:

@@ -128,11 +128,7 @@ def read_source_split(dataset: str, data_dir, split: str, skips: SkipReport,
     if dataset == "shapes":
         from sdn_tf.data import shapes
 
-        # A folder that already contains a build is read as is. build_shapes would
-        # write a second dataset next to it when its parameters differ from the defaults.
-        has_build = data_dir and os.path.isfile(os.path.join(data_dir, split, "metadata.jsonl"))
-        root = data_dir if has_build else shapes.build_shapes(data_dir)
-        return shapes.load_shapes_split(root, split)
+        return shapes.load_shapes_split(shapes.open_shapes(data_dir), split)
     if not data_dir:
         raise ValueError(f"Dataset {dataset} needs data_dir, the folder that contains it.")
     from sdn_tf.data import readers
