@@ -50,13 +50,15 @@ def _load_trained(workdir: str):
 
     keras.mixed_precision.set_global_policy("float32")
     text_encoder = load_text_encoder(config["text_encoder"])
-    # Runs written before --image_gain and --normalise_embeddings existed had
-    # neither; the initialiser does not matter here, the weights are loaded.
+    # Runs written before --image_gain, --normalise_embeddings and
+    # --whiten_embeddings existed had none of them; the initialiser does not
+    # matter here, the weights are loaded.
     generator = build_generator(config["image_size"], config["embedding_dim"],
                                 config["num_images"],
                                 image_gain=float(config.get("image_gain", 1.0)),
                                 normalise_embeddings=bool(config.get("normalise_embeddings",
-                                                                     False)))
+                                                                     False)),
+                                whiten_embeddings=bool(config.get("whiten_embeddings", False)))
     generator.load_weights(weights)
     return config, text_encoder, generator
 

@@ -136,6 +136,12 @@ def define_sdn_flags() -> None:
                       "Centre the caption embeddings and scale them to unit variance (fixed "
                       "statistics of the training captions, stored with the generator) "
                       "before g_fc7. The released code feeds them unchanged.")
+    flags.DEFINE_bool("whiten_embeddings", False,
+                      "Like --normalise_embeddings, and also decorrelate the caption "
+                      "embeddings with a fixed, shrunk ZCA whitening, so that attributes "
+                      "that explain little of their variance are learned as fast as the "
+                      "others. Replaces --normalise_embeddings; Stage-II must use its "
+                      "Stage-I run's choice.")
     flags.DEFINE_enum("strategy", "default", STRATEGIES,
                       "tf.distribute strategy: default (one device), mirrored (every GPU, or "
                       "every logical CPU device), multi_worker (MultiWorkerMirroredStrategy, "

@@ -24,6 +24,24 @@ class Standardize(keras.layers.Layer):
         return (inputs - self.mean) / self.std
 
 
+class Whiten(keras.layers.Layer):
+    """(x - mean) @ matrix with a fixed, checkpointed mean and D x D matrix."""
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False,
+                                    name="mean")
+        self.matrix = self.add_weight(shape=(dim, dim), initializer="identity",
+                                      trainable=False, name="matrix")
+
+    def set_statistics(self, mean: np.ndarray, matrix: np.ndarray) -> None:
+        self.mean.assign(mean)
+        self.matrix.assign(matrix)
+
+    def call(self, inputs):
+        return keras.ops.matmul(inputs - self.mean, self.matrix)
+
+
 class NearestUpsampling(keras.layers.Layer):
     """Nearest-neighbour resize by 2, as keras.layers.UpSampling2D(2) computes it.
 

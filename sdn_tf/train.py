@@ -39,7 +39,10 @@ FINAL_STATE = "final.json"
 MUST_MATCH = ("scheme", "stage", "image_size", "num_images", "teacher_preset",
               "teacher_weights", "dataset", "text_embeddings", "text_encoder", "embedding_dim",
               "tap_weights", "image_weight", "crop", "generator_init", "image_gain",
-              "normalise_embeddings")
+              "normalise_embeddings", "whiten_embeddings")
+# Values of MUST_MATCH settings added after runs were already written, for
+# stored configs that lack them.
+SETTINGS_ADDED_LATER = {"whiten_embeddings": False}
 NUM_SAMPLE_CAPTIONS = 6
 
 
@@ -77,6 +80,7 @@ class SDNConfig:
     generator_init: str = "released"  # see sdn_tf.generator.GENERATOR_INITS
     image_gain: float = 1.0
     normalise_embeddings: bool = False
+    whiten_embeddings: bool = False
     on_nan: str = "stop"
     max_nan_restores: int = 3
     embedding_dim: int = 0  # filled in from the text embeddings
@@ -216,10 +220,12 @@ def _check_init_from(config: SDNConfig) -> dict:
     source = config.init_from
     stored = workdir_lib.read_config(source, "--init_from")
     workdir_lib.check_kind(stored, source, KIND, "--init_from")
-    # Runs written before --image_gain and --normalise_embeddings existed lack
-    # those keys because they had gain 1 and no normalisation.
-    defaults = {"image_gain": 1.0, "normalise_embeddings": False}
-    keys = ["image_size", "num_images", "teacher_preset", "image_gain", "normalise_embeddings"]
+    # Runs written before --image_gain, --normalise_embeddings and
+    # --whiten_embeddings existed lack those keys because they had gain 1 and
+    # no normalisation.
+    defaults = {"image_gain": 1.0, "normalise_embeddings": False, "whiten_embeddings": False}
+    keys = ["image_size", "num_images", "teacher_preset", "image_gain", "normalise_embeddings",
+            "whiten_embeddings"]
     if config.embedding_dim:
         keys.insert(3, "embedding_dim")
     for key in keys:
@@ -295,7 +301,8 @@ def _check_before_loading(config: SDNConfig) -> bool:
         config.text_encoder_digest = weights_digest(config.text_encoder)
     # embedding_dim is known only after embedding; open_workdir checks it later.
     early_keys = [key for key in MUST_MATCH if key != "embedding_dim"]
-    state, _ = workdir_lib.check_resume(config.workdir, KIND, config.resolved(), early_keys)
+    state, _ = workdir_lib.check_resume(config.workdir, KIND, config.resolved(), early_keys,
+                                        SETTINGS_ADDED_LATER)
     if state == "resume":
         _check_text_encoder_unchanged(workdir_lib.read_config(config.workdir), config,
                                       f"The run in --workdir={config.workdir!r}")
@@ -382,7 +389,8 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     train_embeddings = embed_records(config, train_records)
     config.embedding_dim = int(train_embeddings.shape[1])
     record_default_scheme(config.workdir)
-    resuming = workdir_lib.open_workdir(config.workdir, KIND, config.resolved(), MUST_MATCH)
+    resuming = workdir_lib.open_workdir(config.workdir, KIND, config.resolved(), MUST_MATCH,
+                                        defaults=SETTINGS_ADDED_LATER)
 
     train_images = pipeline.load_images(train_records, config.image_size, config.crop == "bbox")
     pair_image_index, _ = pipeline.caption_pairs(train_records)
@@ -398,7 +406,8 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         generator = build_generator(config.image_size, config.embedding_dim,
                                     config.num_images, seed=config.seed,
                                     init=config.generator_init, image_gain=config.image_gain,
-                                    normalise_embeddings=config.normalise_embeddings)
+                                    normalise_embeddings=config.normalise_embeddings,
+                                    whiten_embeddings=config.whiten_embeddings)
         fuse_ops = policy.fuse_ops and config.strategy == "default"
         model = SDNModel(generator, teacher, terms, config.teacher_preset, config.num_images,
                          fuse_ops=fuse_ops)
@@ -424,6 +433,11 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
             mean, scale = set_embedding_statistics(generator, train_embeddings)
             logging.info("Normalising embeddings: mean norm %.4g, scale %.4g, from %d training "
                          "caption embeddings.", float(np.linalg.norm(mean)), scale,
+                         len(train_embeddings))
+        elif config.whiten_embeddings:
+            mean, directions = set_embedding_statistics(generator, train_embeddings)
+            logging.info("Whitening embeddings: mean norm %.4g, %.1f directions kept, from %d "
+                         "training caption embeddings.", float(np.linalg.norm(mean)), directions,
                          len(train_embeddings))
 
     steps_per_epoch, total_steps = _schedule(config, len(pair_image_index))
@@ -524,7 +538,8 @@ def _checkpoint_writer(config, policy, checkpoint, generator, optimizer, step):
         shadow_generator = build_generator(
             config.image_size, config.embedding_dim, config.num_images, seed=config.seed,
             init=config.generator_init, image_gain=config.image_gain,
-            normalise_embeddings=config.normalise_embeddings)
+            normalise_embeddings=config.normalise_embeddings,
+            whiten_embeddings=config.whiten_embeddings)
         shadow_optimizer = precision_lib.make_optimizer(policy, config.learning_rate)
         shadow_optimizer.build(shadow_generator.trainable_variables)
         shadow_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
@@ -112,7 +112,8 @@ def has_progress(workdir: str) -> bool:
 
 
 def check_resume(workdir: str, kind: str, config: Mapping,
-                 must_match: Sequence[str]) -> tuple[str, list]:
+                 must_match: Sequence[str],
+                 defaults: Optional[Mapping] = None) -> tuple[str, list]:
     """Return how a run with `config` would use `workdir`, without writing anything.
 
     Returns (state, differences). state is "new" (no config.json), "resume"
@@ -121,7 +122,9 @@ def check_resume(workdir: str, kind: str, config: Mapping,
     trained is lost by starting it again with `config`. A run that failed at
     start-up (a teacher download without internet, a missing --init_from)
     then does not block the corrected command. differences lists
-    (key, stored, new) for "restart".
+    (key, stored, new) for "restart". `defaults` gives the value of a
+    setting that a stored config lacks because it was written before the
+    setting existed.
 
     Raises:
       WorkdirError: when the workdir contains a run of another kind, or a run
@@ -131,8 +134,10 @@ def check_resume(workdir: str, kind: str, config: Mapping,
         return "new", []
     stored = read_config(workdir)
     check_kind(stored, workdir, kind)
-    differences = [(key, stored.get(key), config.get(key)) for key in must_match
-                   if stored.get(key) != config.get(key)]
+    defaults = defaults or {}
+    differences = [(key, stored.get(key, defaults.get(key)), config.get(key))
+                   for key in must_match
+                   if stored.get(key, defaults.get(key)) != config.get(key)]
     if not differences:
         return "resume", []
     if not has_progress(workdir):
@@ -145,7 +150,7 @@ def check_resume(workdir: str, kind: str, config: Mapping,
 
 
 def open_workdir(workdir: str, kind: str, config: Mapping, must_match: Sequence[str],
-                 derived: Sequence[str] = ()) -> bool:
+                 derived: Sequence[str] = (), defaults: Optional[Mapping] = None) -> bool:
     """Create or reopen a workdir and return True when it already holds a run.
 
     Checks that the folder is writable before any training starts. A new run
@@ -169,7 +174,7 @@ def open_workdir(workdir: str, kind: str, config: Mapping, must_match: Sequence[
             "--workdir on a disk with free space where you have write permission."
         ) from None
     config_path = os.path.join(workdir, CONFIG_FILE)
-    state, differences = check_resume(workdir, kind, config, must_match)
+    state, differences = check_resume(workdir, kind, config, must_match, defaults)
     if state == "resume":
         logging.info("Resuming the %s run in %s.", kind, workdir)
         return True

@@ -109,6 +109,35 @@ def test_embedding_normalisation_statistics():
     assert scale > 0
 
 
+def test_embedding_whitening_equalises_directions():
+    generator = generator_lib.build_generator(64, embedding_dim=16, whiten_embeddings=True)
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    # A direction with 100 times the variance of a second one, tiny noise in
+    # the others and an offset: the second attribute is then learned last.
+    strong, weak = 5.0 * rng.normal(size=(4000, 1)), 0.5 * rng.normal(size=(4000, 1))
+    embeddings = (strong * basis[0] + weak * basis[1] + 0.5
+                  + 0.001 * rng.normal(size=(4000, 16))).astype(np.float32)
+    mean, directions = generator_lib.set_embedding_statistics(generator, embeddings)
+    whitened = generator.get_layer(generator_lib.EMBEDDING_WHITEN_LAYER)(embeddings).numpy()
+    np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.mean(whitened.var(axis=0)), 1.0, rtol=1e-3)
+    variances = [np.var(whitened @ basis[k]) for k in range(3)]
+    # The ratio of 100 shrinks to below 3; the noise stays far below both.
+    assert variances[0] / variances[1] < 3.0
+    assert variances[2] < 0.01 * variances[1]
+    # Decorrelated: the two directions' whitened values are uncorrelated.
+    assert abs(np.corrcoef(whitened @ basis[0], whitened @ basis[1])[0, 1]) < 0.05
+    assert 1.0 < directions < 2.5
+    np.testing.assert_allclose(mean, embeddings.mean(axis=0), rtol=1e-4)
+
+
+def test_whitening_replaces_normalisation():
+    with pytest.raises(ValueError, match="--whiten_embeddings replaces --normalise_embeddings"):
+        generator_lib.build_generator(64, embedding_dim=8, normalise_embeddings=True,
+                                      whiten_embeddings=True)
+
+
 def test_embedding_normalisation_rejects_constant():
     generator = generator_lib.build_generator(64, embedding_dim=8, normalise_embeddings=True)
     with pytest.raises(ValueError, match="normalise"):

@@ -181,6 +181,51 @@ def test_normalised_embeddings_reach_export(tmp_path, records):
                      init_from=str(tmp_path / "run")), records, records[:2])
 
 
+def test_whitened_embeddings_reach_export(tmp_path, records):
+    """The whitening is set from training captions, exported, and Stage-II must repeat it."""
+    from sdn_tf.export import _load_trained
+    from sdn_tf.generator import EMBEDDING_WHITEN_LAYER
+    from sdn_tf.text.train import train_text_encoder
+
+    text_dir = str(tmp_path / "text")
+    train_text_encoder(dict(workdir=text_dir, dataset="folder", image_size=64,
+                            teacher_weights="random", embedding_dim=16, batch_size=4,
+                            max_steps=1, feature_batch_size=8, precision="float32"), records)
+    train(config(tmp_path / "run", text_embeddings="encoder", text_encoder=text_dir,
+                 whiten_embeddings=True, generator_init="he", image_gain=64.0,
+                 epochs=0, max_steps=0), records, records[:2])
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["whiten_embeddings"] is True
+    _, _, generator = _load_trained(str(tmp_path / "run"))
+    matrix = generator.get_layer(EMBEDDING_WHITEN_LAYER).matrix.numpy()
+    assert not np.allclose(matrix, np.eye(16))
+    with pytest.raises(workdir_lib.WorkdirError, match="whiten_embeddings"):
+        train(config(tmp_path / "stage2", stage=2, text_embeddings="encoder",
+                     text_encoder=text_dir, image_gain=64.0, max_steps=1,
+                     init_from=str(tmp_path / "run")), records, records[:2])
+    losses = train(config(tmp_path / "stage2b", stage=2, text_embeddings="encoder",
+                          text_encoder=text_dir, image_gain=64.0, max_steps=1,
+                          whiten_embeddings=True, init_from=str(tmp_path / "run")),
+                   records, records[:2])
+    assert np.isfinite(losses["loss"])
+
+
+def test_resume_of_a_config_written_before_whitening(tmp_path, records):
+    """A stored config without whiten_embeddings resumes as whiten_embeddings=False."""
+    train(config(tmp_path / "run", max_steps=1, checkpoint_every=1), records, records[:2])
+    path = tmp_path / "run" / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["whiten_embeddings"]
+    path.write_text(json.dumps(stored))
+    losses = train(config(tmp_path / "run", max_steps=2, checkpoint_every=1), records,
+                   records[:2])
+    assert np.isfinite(losses["loss"])
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["step"] == 2
+    with pytest.raises(workdir_lib.WorkdirError, match="whiten_embeddings=False"):
+        train(config(tmp_path / "run", max_steps=3, whiten_embeddings=True), records,
+              records[:2])
+
+
 def test_init_from_unfinished_run(tmp_path, records):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(workdir_lib.WorkdirError, match="config.json.*Point --init_from at"):

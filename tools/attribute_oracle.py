@@ -101,7 +101,8 @@ def run_oracle(workdir: str, train_records, test_records, max_images: int = 480,
 
     generator = build_generator(config.image_size, config.embedding_dim,
                                 init=config.generator_init, image_gain=config.image_gain,
-                                normalise_embeddings=config.normalise_embeddings)
+                                normalise_embeddings=config.normalise_embeddings,
+                                whiten_embeddings=config.whiten_embeddings)
     generator.load_weights(os.path.join(workdir, train_lib.GENERATOR_WEIGHTS))
     results = {"stage": config.stage, "steps": config.max_steps,
                "tap_weights": config.tap_weights,
