@@ -172,7 +172,7 @@ def test_open_shapes_reads_build_as_is(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["all"]
 
 
-def test_load_split_reads_the_build_in_data_dir(tmp_path):
+def test_load_split_reads_data_dir_build(tmp_path):
     from sdn_tf.data.datasets import load_split
 
     folder = shapes.build_shapes(tmp_path / "all", backgrounds="all", image_size=32,
@@ -446,7 +446,7 @@ def _run_build_tool(*flags):
                           text=True, timeout=300)
 
 
-def test_build_tool_writes_the_variant(tmp_path):
+def test_build_tool_writes_variant(tmp_path):
     result = _run_build_tool(f"--output_dir={tmp_path / 'all'}", "--backgrounds=all",
                              "--image_size=32", "--images_per_class_train=6",
                              "--images_per_class_test=1")
@@ -459,7 +459,7 @@ def test_build_tool_writes_the_variant(tmp_path):
     assert seen == set(shapes.BACKGROUND_RGB)
 
 
-def test_build_tool_rejects_a_file_as_output(tmp_path):
+def test_build_tool_rejects_file_output(tmp_path):
     target = tmp_path / "file.txt"
     target.write_text("keep")
     result = _run_build_tool(f"--output_dir={target}")

@@ -155,16 +155,23 @@ def test_image_gain_and_init_from(tmp_path, records):
     assert np.isfinite(losses["loss"])
 
 
-def test_normalised_embeddings_reach_export(tmp_path, records):
-    """The embedding statistics are set from training captions and exported with G."""
-    from sdn_tf.export import _load_trained
-    from sdn_tf.generator import EMBEDDING_NORM_LAYER
+def _train_tiny_text_encoder(tmp_path, records) -> str:
+    """Train a 16-dimensional text encoder for one step and return its workdir."""
     from sdn_tf.text.train import train_text_encoder
 
     text_dir = str(tmp_path / "text")
     train_text_encoder(dict(workdir=text_dir, dataset="folder", image_size=64,
                             teacher_weights="random", embedding_dim=16, batch_size=4,
                             max_steps=1, feature_batch_size=8, precision="float32"), records)
+    return text_dir
+
+
+def test_normalised_embeddings_reach_export(tmp_path, records):
+    """The embedding statistics are set from training captions and exported with G."""
+    from sdn_tf.export import _load_trained
+    from sdn_tf.generator import EMBEDDING_NORM_LAYER
+
+    text_dir = _train_tiny_text_encoder(tmp_path, records)
     train(config(tmp_path / "run", text_embeddings="encoder", text_encoder=text_dir,
                  normalise_embeddings=True, generator_init="he", image_gain=64.0,
                  epochs=0, max_steps=0), records, records[:2])
@@ -185,12 +192,8 @@ def test_whitened_embeddings_reach_export(tmp_path, records):
     """The whitening is set from training captions, exported, and Stage-II must repeat it."""
     from sdn_tf.export import _load_trained
     from sdn_tf.generator import EMBEDDING_WHITEN_LAYER
-    from sdn_tf.text.train import train_text_encoder
 
-    text_dir = str(tmp_path / "text")
-    train_text_encoder(dict(workdir=text_dir, dataset="folder", image_size=64,
-                            teacher_weights="random", embedding_dim=16, batch_size=4,
-                            max_steps=1, feature_batch_size=8, precision="float32"), records)
+    text_dir = _train_tiny_text_encoder(tmp_path, records)
     train(config(tmp_path / "run", text_embeddings="encoder", text_encoder=text_dir,
                  whiten_embeddings=True, generator_init="he", image_gain=64.0,
                  epochs=0, max_steps=0), records, records[:2])
@@ -210,7 +213,7 @@ def test_whitened_embeddings_reach_export(tmp_path, records):
     assert np.isfinite(losses["loss"])
 
 
-def test_resume_of_a_config_written_before_whitening(tmp_path, records):
+def test_resume_config_without_whitening(tmp_path, records):
     """A stored config without whiten_embeddings resumes as whiten_embeddings=False."""
     train(config(tmp_path / "run", max_steps=1, checkpoint_every=1), records, records[:2])
     path = tmp_path / "run" / "config.json"

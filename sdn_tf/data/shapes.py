@@ -412,8 +412,7 @@ def open_shapes(data_dir=None) -> str:
         folder = os.path.abspath(os.fspath(data_dir))
         if os.path.isfile(os.path.join(folder, _MARKER_FILE)):
             try:
-                with open(os.path.join(folder, _PARAMS_FILE), encoding="utf-8") as f:
-                    stored = json.load(f)
+                stored = _read_params(folder)
             except (OSError, ValueError) as error:
                 raise ValueError(
                     f"cannot read {_PARAMS_FILE} in the shapes dataset at {folder} ({error}); "
@@ -452,6 +451,11 @@ def _validate_params(seed, image_size, images_per_class_train, images_per_class_
     }
 
 
+def _read_params(folder: str) -> dict:
+    with open(os.path.join(folder, _PARAMS_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _cache_state(folder: str, params: dict) -> str:
     """Return "missing", "incomplete", "match" or "other" (complete, other parameters)."""
     if not os.path.exists(folder):
@@ -459,8 +463,7 @@ def _cache_state(folder: str, params: dict) -> str:
     if not os.path.isfile(os.path.join(folder, _MARKER_FILE)):
         return "incomplete"
     try:
-        with open(os.path.join(folder, _PARAMS_FILE), encoding="utf-8") as f:
-            stored = json.load(f)
+        stored = _read_params(folder)
     except (OSError, ValueError) as error:
         logging.warning("cannot read %s in %s (%s); treating it as incomplete",
                         _PARAMS_FILE, folder, error)
