@@ -1,8 +1,10 @@
-"""Shared test settings: quiet TensorFlow logs and the path of the real data."""
+"""Shared test settings: quiet TensorFlow logs, the path of the real data, tools/ helpers."""
 
 import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +25,22 @@ def _import_tool(name: str):
 def load_tool():
     """Return a function that imports tools/NAME.py, which is not a package, as a module."""
     return _import_tool
+
+
+def _run_tool_script(name: str, *args: str, timeout: float = 300):
+    # The checkout goes first on PYTHONPATH so that the script imports this
+    # tree's sdn_tf even where another copy is installed.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(TOOLS.parent),
+                                                        os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, str(TOOLS / f"{name}.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_tool():
+    """Return a function that runs tools/NAME.py with arguments and returns the finished process."""
+    return _run_tool_script
 
 
 def pytest_configure(config):

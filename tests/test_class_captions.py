@@ -1,8 +1,7 @@
 """tools/class_captions.py: captioned folders from class labels, and its input checks."""
 
+import functools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,14 @@ from PIL import Image
 from sdn_tf.data.folder import read_folder
 
 REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / "tools" / "class_captions.py"
 FLOWERS_DATA = REPO.parent / "shared" / "data" / "flowers102"
 needs_flowers = pytest.mark.skipif(not FLOWERS_DATA.is_dir(),
                                    reason="../shared/data/flowers102 is not available")
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True,
-                          timeout=120)
+@pytest.fixture
+def class_captions(run_tool):
+    return functools.partial(run_tool, "class_captions")
 
 
 def make_images(folder, names):
@@ -33,8 +31,8 @@ def write_labels(path, rows, header="image,label,class_name"):
 
 
 @needs_flowers
-def test_flowers_split_by_class(tmp_path):
-    result = run_tool(f"--labels={FLOWERS_DATA / 'imagelabels.csv'}",
+def test_flowers_split_by_class(tmp_path, class_captions):
+    result = class_captions(f"--labels={FLOWERS_DATA / 'imagelabels.csv'}",
                       f"--images={FLOWERS_DATA / 'jpg'}", f"--out={tmp_path}",
                       "--test_classes=6,10,49,67")
     assert result.returncode == 0, result.stderr
@@ -54,21 +52,21 @@ def test_flowers_split_by_class(tmp_path):
     assert Path(daisy.image_path).is_file()
 
 
-def test_default_holds_out_highest_classes(tmp_path):
+def test_default_holds_out_highest_classes(tmp_path, class_captions):
     make_images(tmp_path / "jpg", ["a", "b", "c"])
     write_labels(tmp_path / "labels.csv", [("a", 1, "rose"), ("b", 2, "iris"), ("c", 3, "lily")])
-    result = run_tool(f"--labels={tmp_path / 'labels.csv'}", f"--images={tmp_path / 'jpg'}",
+    result = class_captions(f"--labels={tmp_path / 'labels.csv'}", f"--images={tmp_path / 'jpg'}",
                       f"--out={tmp_path / 'out'}", "--num_test_classes=1")
     assert result.returncode == 0, result.stderr
     assert [r.class_id for r in read_folder(tmp_path / "out", "test")] == [3]
     assert [r.class_id for r in read_folder(tmp_path / "out", "train")] == [1, 2]
 
 
-def test_missing_image_counted(tmp_path):
+def test_missing_image_counted(tmp_path, class_captions):
     make_images(tmp_path / "jpg", ["a", "b"])
     write_labels(tmp_path / "labels.csv", [("a", 1, "rose"), ("b", 2, "iris"),
                                            ("gone", 2, "iris")])
-    result = run_tool(f"--labels={tmp_path / 'labels.csv'}", f"--images={tmp_path / 'jpg'}",
+    result = class_captions(f"--labels={tmp_path / 'labels.csv'}", f"--images={tmp_path / 'jpg'}",
                       f"--out={tmp_path / 'out'}", "--num_test_classes=1")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["skipped_missing"] == 1
@@ -83,17 +81,17 @@ def test_missing_image_counted(tmp_path):
     ([("a", 1, "rose"), ("b", 2, "iris")], "image,label,class_name",
      ["--test_classes=1,2"], "no training class"),
 ])
-def test_bad_labels_rejected(tmp_path, rows, header, args, message):
+def test_bad_labels_rejected(tmp_path, rows, header, args, message, class_captions):
     make_images(tmp_path / "jpg", ["a", "b"])
     write_labels(tmp_path / "labels.csv", rows, header)
-    result = run_tool(f"--labels={tmp_path / 'labels.csv'}", f"--images={tmp_path / 'jpg'}",
+    result = class_captions(f"--labels={tmp_path / 'labels.csv'}", f"--images={tmp_path / 'jpg'}",
                       f"--out={tmp_path / 'out'}", *args)
     assert result.returncode != 0
     assert message in result.stderr
 
 
-def test_missing_labels_file(tmp_path):
-    result = run_tool(f"--labels={tmp_path / 'none.csv'}", f"--images={tmp_path}",
+def test_missing_labels_file(tmp_path, class_captions):
+    result = class_captions(f"--labels={tmp_path / 'none.csv'}", f"--images={tmp_path}",
                       f"--out={tmp_path / 'out'}")
     assert result.returncode != 0
     assert "none.csv does not exist" in result.stderr

@@ -434,20 +434,8 @@ def test_evaluate_colour_needs_attributes(records):
 
 # --- tools/build_shapes.py ----------------------------------------------------
 
-_BUILD_TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "tools", "build_shapes.py")
-
-
-def _run_build_tool(*flags):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, _BUILD_TOOL, *flags], capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_build_tool_writes_variant(tmp_path):
-    result = _run_build_tool(f"--output_dir={tmp_path / 'all'}", "--backgrounds=all",
+def test_build_tool_writes_variant(tmp_path, run_tool):
+    result = run_tool("build_shapes", f"--output_dir={tmp_path / 'all'}", "--backgrounds=all",
                              "--image_size=32", "--images_per_class_train=6",
                              "--images_per_class_test=1")
     assert result.returncode == 0, result.stderr
@@ -459,10 +447,10 @@ def test_build_tool_writes_variant(tmp_path):
     assert seen == set(shapes.BACKGROUND_RGB)
 
 
-def test_build_tool_rejects_file_output(tmp_path):
+def test_build_tool_rejects_file_output(tmp_path, run_tool):
     target = tmp_path / "file.txt"
     target.write_text("keep")
-    result = _run_build_tool(f"--output_dir={target}")
+    result = run_tool("build_shapes", f"--output_dir={target}")
     assert result.returncode == 1
     assert f"--output_dir={target} is a file" in result.stderr
     assert target.read_text() == "keep"

@@ -6,8 +6,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ from sdn_tf.data.datasets import load_split
 from sdn_tf.data.records import SkipReport
 from sdn_tf.train import SDNConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -395,16 +392,10 @@ def test_train_from_tfrecords(shapes_root, tmp_path):
     assert final["step"] == 2
 
 
-def _run_tool(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, str(REPO / "tools" / "prepare_dataset.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
-def test_tool_prepares_folder(tmp_path):
+def test_tool_prepares_folder(tmp_path, run_tool):
     source = tmp_path / "source"
     _write_folder_dataset(source)
-    result = _run_tool("--dataset=folder", f"--data_dir={source}",
+    result = run_tool("prepare_dataset", "--dataset=folder", f"--data_dir={source}",
                        f"--output_dir={tmp_path / 'out'}", "--image_size=32", "--shards=2",
                        "--splits=train")
     assert result.returncode == 0, result.stderr
@@ -413,8 +404,8 @@ def test_tool_prepares_folder(tmp_path):
     assert "3 skipped" in result.stderr
 
 
-def test_tool_rejects_existing_output(tmp_path):
+def test_tool_rejects_existing_output(tmp_path, run_tool):
     (tmp_path / "out").mkdir()
-    result = _run_tool("--dataset=shapes", f"--output_dir={tmp_path / 'out'}")
+    result = run_tool("prepare_dataset", "--dataset=shapes", f"--output_dir={tmp_path / 'out'}")
     assert result.returncode != 0
     assert "already exists" in result.stderr
