@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from sdn_tf.layers import NearestUpsampling, Standardize, Whiten
+from sdn_tf.layers import NearestUpsampling, SmallMapConv2D, Standardize, Whiten
 from sdn_tf.teacher import TAP_NAMES, tap_shapes
 
 EMBEDDING_NORM_LAYER = "g_embedding_norm"
@@ -54,7 +54,7 @@ def _relu_initializer(init: str, stddev: float, seed: int):
 
 
 def _conv(filters: int, name: str, seed: int, init: str = "released") -> keras.layers.Conv2D:
-    return keras.layers.Conv2D(
+    return SmallMapConv2D(
         filters, 3, padding="same", activation="relu", name=name,
         kernel_initializer=_relu_initializer(init, _CONV_INIT_STDDEV, seed),
     )

@@ -110,24 +110,21 @@ def test_cli_rejects_bad_size(tmp_path):
     assert "Invalid --image_sizes entry 100" in result.stderr
 
 
-def test_time_step_parts_reports_each_part():
-    """tools/time_step_parts.py times four parts and prints them as JSON."""
-    script = pathlib.Path(__file__).resolve().parents[1] / "tools" / "time_step_parts.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--image_size=64", "--batch_size=1", "--repeats=1",
-         "--precision=float32"], capture_output=True, text=True, timeout=300)
+def test_time_step_parts_reports_each_part(run_tool):
+    """tools/time_step_parts.py times five parts and prints them as JSON."""
+    result = run_tool("time_step_parts", "--image_size=64", "--batch_size=1", "--repeats=2",
+                      "--precision=mixed_bfloat16")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["image_size"] == 64
     assert set(summary["seconds"]) == {
         "teacher forward", "teacher forward + input gradient", "generator forward",
-        "generator forward + weight gradients"}
+        "generator forward + weight gradients",
+        "generator forward + weight gradients, native kernel gradients"}
     assert all(seconds > 0 for seconds in summary["seconds"].values())
 
 
-def test_time_step_parts_rejects_bad_size():
-    script = pathlib.Path(__file__).resolve().parents[1] / "tools" / "time_step_parts.py"
-    result = subprocess.run([sys.executable, str(script), "--image_size=100"],
-                            capture_output=True, text=True, timeout=300)
+def test_time_step_parts_rejects_bad_size(run_tool):
+    result = run_tool("time_step_parts", "--image_size=100")
     assert result.returncode != 0
     assert "--image_size must be a multiple of 32" in result.stderr

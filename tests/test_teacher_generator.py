@@ -56,6 +56,85 @@ def test_nearest_upsampling_matches_upsampling2d(dtype):
     assert np.any(tf.cast(gradient, tf.float32).numpy() != 0)
 
 
+def test_kernel_gradient_matches_native():
+    """The nine matrix products give Conv2DBackpropFilter's kernel gradient."""
+    from sdn_tf.layers import _conv3x3_kernel_gradient
+
+    rng = np.random.default_rng(5)
+    inputs = tf.constant(rng.normal(size=(2, 5, 6, 3)), tf.float32)
+    output_gradient = tf.constant(rng.normal(size=(2, 5, 6, 4)), tf.float32)
+    expected = tf.raw_ops.Conv2DBackpropFilter(
+        input=inputs, filter_sizes=[3, 3, 3, 4], out_backprop=output_gradient,
+        strides=[1, 1, 1, 1], padding="SAME")
+    gradient = _conv3x3_kernel_gradient(inputs, output_gradient)
+    assert gradient.shape == (3, 3, 3, 4)
+    np.testing.assert_allclose(gradient.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("side, channels, expected_path", [(8, 256, True), (32, 256, False),
+                                                            (8, 64, False)])
+def test_small_map_conv_matches_conv2d(side, channels, expected_path):
+    """SmallMapConv2D has Conv2D's outputs, gradients and weight names under bfloat16."""
+    import keras
+
+    from sdn_tf.layers import SmallMapConv2D
+
+    rng = np.random.default_rng(7)
+    inputs = tf.constant(rng.normal(size=(2, side, side, channels)), tf.float32)
+    small = SmallMapConv2D(256, 3, padding="same", activation="relu", dtype="mixed_bfloat16",
+                           name="conv")
+    plain = keras.layers.Conv2D(256, 3, padding="same", activation="relu",
+                                dtype="mixed_bfloat16", name="conv")
+    small.build(inputs.shape)
+    plain.build(inputs.shape)
+    plain.set_weights(small.get_weights())
+    assert small.matmul_kernel_gradient is expected_path
+    assert [w.path for w in small.weights] == [w.path for w in plain.weights]
+
+    results = []
+    for layer in (plain, small):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = tf.cast(layer(inputs), tf.float32)
+            total = tf.reduce_sum(outputs * tf.sin(outputs))
+        results.append((outputs, tape.gradient(total, [inputs] + layer.trainable_variables)))
+    (expected, expected_gradients), (outputs, gradients) = results
+    np.testing.assert_array_equal(outputs.numpy(), expected.numpy())
+    for gradient, expected_gradient in zip(gradients, expected_gradients):
+        scale = float(np.max(np.abs(expected_gradient.numpy())))
+        assert scale > 0
+        # Both kernels accumulate in float32 and round the result to bfloat16.
+        np.testing.assert_allclose(tf.cast(gradient, tf.float32).numpy(),
+                                   tf.cast(expected_gradient, tf.float32).numpy(),
+                                   atol=0.02 * scale)
+
+
+def test_small_map_conv_rejects_stride():
+    from sdn_tf.layers import SmallMapConv2D
+
+    layer = SmallMapConv2D(4, 3, strides=2, padding="same", name="g_strided")
+    with pytest.raises(ValueError, match="g_strided: SmallMapConv2D supports only 3x3"):
+        layer.build((None, 8, 8, 4))
+
+
+def test_generator_uses_matrix_kernel_gradient():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        generator = generator_lib.build_generator(64, embedding_dim=8)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    chosen = {layer.name for layer in generator.layers
+              if getattr(layer, "matmul_kernel_gradient", False)}
+    if tf.config.list_physical_devices("GPU"):
+        assert not chosen
+    else:
+        # Blocks 5 and 4 (4x4 and 8x8 maps) and block 3 (16x16, 256 channels).
+        assert {"g_conv5_1", "g_pool4", "g_conv4_1", "g_pool3", "g_conv3_1"} <= chosen
+        assert not chosen & {"g_pool2", "g_conv2_1", "g_pool1", "g_conv1_1"}
+
+
 def test_generator_diverse_output_channels():
     generator = generator_lib.build_generator(64, embedding_dim=8, num_images=3)
     images = generator(np.zeros((2, 8), np.float32))["image"]
