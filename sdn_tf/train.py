@@ -27,7 +27,7 @@ from sdn_tf.data import pipeline
 from sdn_tf.data.datasets import class_lists_of, load_split
 from sdn_tf.generator import build_generator, set_embedding_statistics
 from sdn_tf.losses import parse_tap_weights
-from sdn_tf.model import SDNModel
+from sdn_tf.model import SDNModel, TeacherTapCache
 from sdn_tf.schemes import check_scheme, record_default_scheme, scheme_terms
 from sdn_tf.teacher import (build_teacher, describe_weights_choice, rgb_to_teacher_space,
                              teacher_space_to_rgb)
@@ -88,6 +88,7 @@ class SDNConfig:
     text_encoder_digest: Optional[str] = None
     strategy: str = "default"  # see sdn_tf.distribute.STRATEGIES
     background_checkpoints: str = "auto"  # "auto" (GPU only), "true" or "false"
+    cache_teacher_taps: bool = False  # see sdn_tf.model.TeacherTapCache
 
     def resolved(self) -> dict:
         payload = dataclasses.asdict(self)
@@ -345,6 +346,11 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
     Records default to the dataset's train and test splits; tests pass small
     hand-made lists.
     """
+    if config.cache_teacher_taps and config.strategy != "default":
+        raise ValueError(
+            f"--cache_teacher_taps works only with --strategy=default, not "
+            f"--strategy={config.strategy}: every replica would hold the whole cache. Drop "
+            "one of the two flags.")
     # First, because MultiWorkerMirroredStrategy configures collective ops at startup.
     strategy = distribute_lib.build_strategy(config.strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
@@ -452,8 +458,11 @@ def train(config: SDNConfig, train_records=None, test_records=None) -> dict:
         describe_weights_choice(config.teacher_weights), config.teacher_preset,
         generator.count_params() / 1e6)
 
+    if config.cache_teacher_taps:
+        model.tap_cache = TeacherTapCache(teacher, train_images, config.teacher_preset)
     dataset = pipeline.pair_dataset(train_images, train_embeddings, pair_image_index,
-                                    config.batch_size, seed=config.seed, start_step=start)
+                                    config.batch_size, seed=config.seed, start_step=start,
+                                    with_image_index=config.cache_teacher_taps)
     if config.strategy != "default":
         dataset = strategy.experimental_distribute_dataset(dataset)
     step_fn = distribute_lib.distributed_step(strategy, model.train_step, policy.jit_compile)
@@ -584,7 +593,8 @@ def _recover_from_nan(config, losses, failed_step, restores_so_far, checkpoints,
                     "failing batch.", message, latest, restored_step, restores_so_far + 1,
                     config.max_nan_restores)
     dataset = pipeline.pair_dataset(train_images, train_embeddings, pair_image_index,
-                                    config.batch_size, seed=config.seed, start_step=failed_step)
+                                    config.batch_size, seed=config.seed, start_step=failed_step,
+                                    with_image_index=config.cache_teacher_taps)
     if config.strategy != "default":
         dataset = strategy.experimental_distribute_dataset(dataset)
     return iter(dataset), restored_step

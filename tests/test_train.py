@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from sdn_tf import workdir as workdir_lib
@@ -153,6 +154,66 @@ def test_image_gain_and_init_from(tmp_path, records):
     losses = train(config(tmp_path / "stage2b", stage=2, image_gain=64.0, max_steps=2,
                           init_from=str(tmp_path / "stage1")), records, records[:2])
     assert np.isfinite(losses["loss"])
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_cached_taps_give_same_losses(tmp_path, records, stage):
+    """Training on cached teacher taps logs the losses of training with teacher passes."""
+    settings = dict(stage=stage, max_steps=4, learning_rate=1e-3)
+    train(config(tmp_path / "teacher", **settings), records, records[:2])
+    train(config(tmp_path / "cached", cache_teacher_taps=True, **settings), records, records[:2])
+    expected = read_log(tmp_path / "teacher")
+    logged = read_log(tmp_path / "cached")
+    assert [entry["step"] for entry in logged] == [2, 4]
+    for name in ("loss", "image", f"stage{stage}_taps"):
+        np.testing.assert_allclose([entry[name] for entry in logged],
+                                   [entry[name] for entry in expected], rtol=1e-4)
+
+
+def test_tap_cache_gathers_teacher_taps():
+    from sdn_tf.model import TeacherTapCache
+    from sdn_tf.teacher import build_teacher, rgb_to_teacher_space
+
+    teacher = build_teacher(64, "random")
+    images = np.random.default_rng(1).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    cache = TeacherTapCache(teacher, images, "released_code", batch_size=2)
+    gathered = cache.gather(tf.constant([4, 0]))
+    expected = teacher(rgb_to_teacher_space(tf.constant(images[[4, 0]], tf.float32),
+                                            "released_code"))
+    assert set(gathered) == set(expected)
+    for tap, values in gathered.items():
+        np.testing.assert_allclose(values.numpy(), expected[tap].numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_tap_cache_refuses_too_little_memory():
+    from sdn_tf.model import TeacherTapCache
+    from sdn_tf.teacher import build_teacher
+
+    images = np.zeros((10, 64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"needs 0\.0 GiB .* of 10 images at 64x64 .*"
+                                         r"train without --cache_teacher_taps"):
+        TeacherTapCache(build_teacher(64, "random"), images, "released_code",
+                        memory_bytes=2**20)
+
+
+def test_tap_cache_refuses_mirrored(tmp_path, records):
+    with pytest.raises(ValueError, match="--cache_teacher_taps works only with "
+                                         "--strategy=default, not --strategy=mirrored"):
+        train(config(tmp_path / "run", cache_teacher_taps=True, strategy="mirrored"),
+              records, records[:2])
+
+
+def test_pair_batches_carry_image_index():
+    from sdn_tf.data import pipeline
+
+    images = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    pair_image_index = np.array([0, 0, 1, 2, 3, 3])
+    embeddings = np.arange(6, dtype=np.float32)[:, None]
+    batch_images, batch_embeddings, image_index = next(iter(pipeline.pair_dataset(
+        images, embeddings, pair_image_index, batch_size=6, seed=0, with_image_index=True)))
+    np.testing.assert_array_equal(batch_images.numpy()[:, 0, 0, 0], image_index.numpy())
+    pairs = batch_embeddings.numpy()[:, 0].astype(int)
+    np.testing.assert_array_equal(pair_image_index[pairs], image_index.numpy())
 
 
 def _train_tiny_text_encoder(tmp_path, records) -> str:

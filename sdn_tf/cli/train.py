@@ -41,6 +41,7 @@ def main(argv):
         init_image_bias=FLAGS.init_image_bias, generator_init=FLAGS.generator_init,
         image_gain=FLAGS.image_gain, normalise_embeddings=FLAGS.normalise_embeddings,
         whiten_embeddings=FLAGS.whiten_embeddings,
+        cache_teacher_taps=FLAGS.cache_teacher_taps,
         on_nan=FLAGS.on_nan,
         max_nan_restores=FLAGS.max_nan_restores, strategy=FLAGS.strategy,
         background_checkpoints=FLAGS.background_checkpoints)

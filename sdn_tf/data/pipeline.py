@@ -110,8 +110,13 @@ def caption_pairs(records: Sequence[ImageRecord]) -> tuple:
 
 def pair_dataset(images: np.ndarray, embeddings: np.ndarray, pair_image_index: np.ndarray,
                  batch_size: int, seed: int, shuffle: bool = True,
-                 drop_remainder: bool = True, start_step: int = 0) -> tf.data.Dataset:
+                 drop_remainder: bool = True, start_step: int = 0,
+                 with_image_index: bool = False) -> tf.data.Dataset:
     """Build batches of (uint8 images [B, S, S, 3], float32 embeddings [B, D]).
+
+    With `with_image_index`, each batch also holds the int64 row of each
+    image in `images` [B], for looking up per-image values such as the
+    teacher's cached taps.
 
     `embeddings` has one row per (image, caption) pair, aligned with
     `pair_image_index`. The dataset repeats forever; each pass over it is one
@@ -135,7 +140,8 @@ def pair_dataset(images: np.ndarray, embeddings: np.ndarray, pair_image_index: n
     pair_to_image = tf.constant(pair_image_index)
 
     def gather(pairs):
-        return (tf.gather(image_table, tf.gather(pair_to_image, pairs)),
-                tf.gather(embedding_table, pairs))
+        image_index = tf.gather(pair_to_image, pairs)
+        batch = (tf.gather(image_table, image_index), tf.gather(embedding_table, pairs))
+        return batch + (image_index,) if with_image_index else batch
 
     return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
