@@ -156,7 +156,10 @@ def test_image_gain_and_init_from(tmp_path, records):
     assert np.isfinite(losses["loss"])
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+# Stage-II uses the cached real taps as Stage-I does and runs the teacher on
+# the generated images as well, so the default run checks Stage-II only: each
+# train() call leaves about 0.7 GB of process memory behind.
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_cached_taps_give_same_losses(tmp_path, records, stage):
     """Training on cached teacher taps logs the losses of training with teacher passes."""
     settings = dict(stage=stage, max_steps=4, learning_rate=1e-3)
