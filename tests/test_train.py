@@ -230,50 +230,55 @@ def _train_tiny_text_encoder(tmp_path, records) -> str:
     return text_dir
 
 
+def _start_with_embedding_option(tmp_path, records, text_dir, option):
+    """Write a zero-step Stage-I run with `option` on; return its stored config and generator."""
+    from sdn_tf.export import _load_trained
+
+    train(config(tmp_path / "run", text_embeddings="encoder", text_encoder=text_dir,
+                 generator_init="he", image_gain=64.0, epochs=0, max_steps=0,
+                 **{option: True}), records, records[:2])
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    _, _, generator = _load_trained(str(tmp_path / "run"))
+    return stored, generator
+
+
+def _stage2_config(workdir, text_dir, init_from, **overrides):
+    return config(workdir, stage=2, text_embeddings="encoder", text_encoder=text_dir,
+                  image_gain=64.0, max_steps=1, init_from=str(init_from), **overrides)
+
+
 def test_normalised_embeddings_reach_export(tmp_path, records):
     """The embedding statistics are set from training captions and exported with G."""
-    from sdn_tf.export import _load_trained
     from sdn_tf.generator import EMBEDDING_NORM_LAYER
 
     text_dir = _train_tiny_text_encoder(tmp_path, records)
-    train(config(tmp_path / "run", text_embeddings="encoder", text_encoder=text_dir,
-                 normalise_embeddings=True, generator_init="he", image_gain=64.0,
-                 epochs=0, max_steps=0), records, records[:2])
-    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    stored, generator = _start_with_embedding_option(tmp_path, records, text_dir,
+                                                     "normalise_embeddings")
     assert stored["normalise_embeddings"] is True
-    _, _, generator = _load_trained(str(tmp_path / "run"))
     layer = generator.get_layer(EMBEDDING_NORM_LAYER)
     assert np.any(layer.mean.numpy() != 0.0)
     assert np.all(layer.std.numpy() != 1.0)
     assert generator.get_layer("g_img_gain").scale == 64.0
     with pytest.raises(workdir_lib.WorkdirError, match="normalise_embeddings"):
-        train(config(tmp_path / "stage2", stage=2, text_embeddings="encoder",
-                     text_encoder=text_dir, image_gain=64.0, max_steps=1,
-                     init_from=str(tmp_path / "run")), records, records[:2])
+        train(_stage2_config(tmp_path / "stage2", text_dir, tmp_path / "run"),
+              records, records[:2])
 
 
 def test_whitened_embeddings_reach_export(tmp_path, records):
     """The whitening is set from training captions, exported, and Stage-II must repeat it."""
-    from sdn_tf.export import _load_trained
     from sdn_tf.generator import EMBEDDING_WHITEN_LAYER
 
     text_dir = _train_tiny_text_encoder(tmp_path, records)
-    train(config(tmp_path / "run", text_embeddings="encoder", text_encoder=text_dir,
-                 whiten_embeddings=True, generator_init="he", image_gain=64.0,
-                 epochs=0, max_steps=0), records, records[:2])
-    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    stored, generator = _start_with_embedding_option(tmp_path, records, text_dir,
+                                                     "whiten_embeddings")
     assert stored["whiten_embeddings"] is True
-    _, _, generator = _load_trained(str(tmp_path / "run"))
     matrix = generator.get_layer(EMBEDDING_WHITEN_LAYER).matrix.numpy()
     assert not np.allclose(matrix, np.eye(16))
     with pytest.raises(workdir_lib.WorkdirError, match="whiten_embeddings"):
-        train(config(tmp_path / "stage2", stage=2, text_embeddings="encoder",
-                     text_encoder=text_dir, image_gain=64.0, max_steps=1,
-                     init_from=str(tmp_path / "run")), records, records[:2])
-    losses = train(config(tmp_path / "stage2b", stage=2, text_embeddings="encoder",
-                          text_encoder=text_dir, image_gain=64.0, max_steps=1,
-                          whiten_embeddings=True, init_from=str(tmp_path / "run")),
-                   records, records[:2])
+        train(_stage2_config(tmp_path / "stage2", text_dir, tmp_path / "run"),
+              records, records[:2])
+    losses = train(_stage2_config(tmp_path / "stage2b", text_dir, tmp_path / "run",
+                                  whiten_embeddings=True), records, records[:2])
     assert np.isfinite(losses["loss"])
 
 
