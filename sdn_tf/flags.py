@@ -151,7 +151,7 @@ def define_sdn_flags() -> None:
     flags.DEFINE_bool("cache_teacher_taps", False,
                       "Compute the teacher's taps of every training image once and keep them "
                       "in memory, which spares one teacher pass per step. Needs 2.7 MB per "
-                      "image at 64x64 in bfloat16 (33 MB at 224); refused when that exceeds "
+                      "image at 64x64 in bfloat16 (33 MB at 224). Rejected when that exceeds "
                       "40 % of the machine's memory, and with --strategy other than default.")
     flags.DEFINE_enum("background_checkpoints", "auto", ("auto", "true", "false"),
                       "Write checkpoints on a background thread from a copy of the generator "

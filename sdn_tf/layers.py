@@ -66,9 +66,10 @@ class NearestUpsampling(keras.layers.Layer):
 # bfloat16 on a CPU, on maps of at most SMALL_MAP_SIDE pixels a side, with at
 # least SMALL_MAP_MIN_CHANNELS input channels and filters. We timed oneDNN's
 # bfloat16 Conv2DBackpropFilter against the nine products on a 2-core CPU with
-# AMX (TensorFlow 2.21, batch 12, fastest of 50 calls). On a 4x4x512 map with
-# 512 filters they took 12.6 and 2.5 ms; at 8x8x512, 21.0 and 6.3 ms; at
-# 14x14x512, 35.0 and 11.8 ms; at 16x16x256 with 256 filters, 10.8 and 8.7 ms.
+# AMX (TensorFlow 2.21, batch 12, fastest of 50 calls). Native against
+# products, in ms: 12.6 and 2.5 on a 4x4x512 map with 512 filters, 21.0 and 6.3
+# at 8x8x512, 35.0 and 11.8 at 14x14x512, 10.8 and 8.7 at 16x16x256 with 256
+# filters.
 # The native kernel was as fast or faster with 128 filters at 16x16x256 (5.9
 # and 6.2 ms), at 32x32x128 (4.0 and 7.4 ms) and in float32 (13.6 and 14.0 ms
 # at 8x8x512).
@@ -95,6 +96,9 @@ def _conv3x3_kernel_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor) -> t
     return tf.reshape(tf.stack(taps), [3, 3, channels, filters])
 
 
+# NOTE: traced in a graph, tf.custom_gradient registers each gradient in
+# TensorFlow's global gradient registry, which keeps the traced graph alive.
+# A process that trains many bfloat16 generators keeps all of their graphs.
 @tf.custom_gradient
 def _conv3x3_same(inputs, kernel):
     outputs = tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME")

@@ -83,7 +83,6 @@ class TeacherTapCache:
         self.taps = {}
         for tap in list(buffers):
             self.taps[tap] = tf.Variable(buffers.pop(tap), trainable=False, name=f"cached_{tap}")
-        self.nbytes = needed
         logging.info("Cached the teacher's taps of %d training images: %.2f GiB in %.1f s.",
                      count, needed / 2**30, time.perf_counter() - start_time)
 

@@ -114,7 +114,7 @@ def pair_dataset(images: np.ndarray, embeddings: np.ndarray, pair_image_index: n
                  with_image_index: bool = False) -> tf.data.Dataset:
     """Build batches of (uint8 images [B, S, S, 3], float32 embeddings [B, D]).
 
-    With `with_image_index`, each batch also holds the int64 row of each
+    With `with_image_index`, each batch also contains the int64 row of each
     image in `images` [B], for looking up per-image values such as the
     teacher's cached taps.
 
