@@ -556,6 +556,46 @@ def test_nan_step_leaves_weights_unchanged():
         np.testing.assert_array_equal(old, variable.numpy())
 
 
+@pytest.mark.parametrize("fuse_update", [False, True])
+def test_nan_step_skipped_fused(fuse_update):
+    text_model = enc.build_text_encoder(embedding_dim=8)
+    projection = text_train.build_image_projection(8)
+    optimizer = keras.optimizers.Adam(1e-2)
+    optimizer.build(text_model.trainable_variables + projection.trainable_variables)
+    step = text_train._make_train_step(text_model, projection, optimizer, 1.0, jit=False,
+                                       fuse_update=fuse_update)
+    features = np.full((2, text_train.IMAGE_FEATURE_DIM), np.nan, np.float32)
+    step(enc.captions_to_onehot(["a red box", "a blue box"]), features, tf.constant([0, 1]))
+    assert int(optimizer.iterations.numpy()) == 0
+
+
+def test_fused_update_matches_plain():
+    """Five steps with the XLA-compiled Adam update follow the plain update's weights."""
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(4, text_train.IMAGE_FEATURE_DIM)).astype(np.float32)
+    onehot = enc.captions_to_onehot(["a red box", "a blue box", "a tiny green disc",
+                                     "a large pink star"])
+    groups = tf.constant([0, 1, 2, 3])
+    results = {}
+    for fuse_update in (False, True):
+        text_model = enc.build_text_encoder(embedding_dim=8, dropout=0.0)
+        projection = text_train.build_image_projection(8)
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(text_model.trainable_variables + projection.trainable_variables)
+        step = text_train._make_train_step(text_model, projection, optimizer, 1.0, jit=False,
+                                           fuse_update=fuse_update)
+        losses = [float(step(onehot, features, groups)[0]) for _ in range(5)]
+        weights = [variable.numpy() for variable in
+                   text_model.trainable_variables + projection.trainable_variables]
+        results[fuse_update] = (losses, weights, int(optimizer.iterations.numpy()))
+    plain, fused = results[False], results[True]
+    assert fused[2] == plain[2] == 5
+    np.testing.assert_allclose(fused[0], plain[0], rtol=1e-4)
+    assert plain[0][-1] < plain[0][0]
+    for fused_weight, plain_weight in zip(fused[1], plain[1]):
+        np.testing.assert_allclose(fused_weight, plain_weight, rtol=1e-4, atol=1e-5)
+
+
 def test_too_few_pairs_raises(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="batch_size=100"):
         text_train.train_text_encoder(_config(tmp_path, batch_size=100), tiny_data[0])

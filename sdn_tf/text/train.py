@@ -291,6 +291,30 @@ def _write_feature_cache(workdir: str, split: str, records: Sequence[ImageRecord
     os.replace(temp_path, path)
 
 
+def _build_feature_teacher(config: TextTrainConfig) -> keras.Model:
+    """Build the teacher for image features in bfloat16 where the training policy is mixed_bfloat16.
+
+    On a 2-core CPU with AMX, the bfloat16 forward pass at 64 pixels ran at
+    132 images/s against 55 in float32. The features are standardised
+    before use, so bfloat16's rounding is small against their spread. float16
+    (the GPU policy) is not used: its largest value is 65504, and nothing
+    bounds the activations of a teacher with random or user-supplied weights.
+    """
+    precision = resolve_precision(config.precision)
+    if precision != "mixed_bfloat16":
+        precision = "float32"
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        teacher = teacher_lib.build_teacher(config.image_size, config.teacher_weights,
+                                            config.teacher_preset)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    logging.info("Teacher for image features computes in %s.",
+                 "bfloat16" if precision == "mixed_bfloat16" else "float32")
+    return teacher
+
+
 def load_image_features(config: TextTrainConfig, splits: Mapping[str, Sequence[ImageRecord]]
                         ) -> dict:
     """Return {split: float32 [N, image_feature_dim]} for each split, from the workdir cache when possible.
@@ -321,8 +345,7 @@ def load_image_features(config: TextTrainConfig, splits: Mapping[str, Sequence[I
     logging.info("Building the %s teacher (weights: %s) at %dx%d for image features.",
                  config.teacher_preset, teacher_lib.describe_weights_choice(config.teacher_weights),
                  config.image_size, config.image_size)
-    teacher = teacher_lib.build_teacher(config.image_size, config.teacher_weights,
-                                        config.teacher_preset)
+    teacher = _build_feature_teacher(config)
     for split, records in missing.items():
         images = load_images(records, config.image_size, crop_to_bbox=config.crop == "bbox")
         features = compute_image_features(images, teacher, config.teacher_preset,
@@ -478,8 +501,21 @@ def _load_test_records(config: TextTrainConfig) -> Optional[list]:
         return None
 
 
-def _make_train_step(text_model, image_projection, optimizer, margin: float, jit: bool):
+def _make_train_step(text_model, image_projection, optimizer, margin: float, jit: bool,
+                     fuse_update: bool = False):
+    """Build the DS-SJE training step; `fuse_update` compiles only the Adam update with XLA.
+
+    With feature_grid=3 the projection has 13.6M weights, and Adam's
+    element-wise passes over them took about as long as the forward and
+    backward pass together on a 2-core CPU. XLA fuses those passes.
+    """
     variables = text_model.trainable_variables + image_projection.trainable_variables
+    if fuse_update:
+        update = tf.function(lambda gradients: optimizer.apply(gradients, variables),
+                             jit_compile=True, autograph=False)
+    else:
+        def update(gradients):
+            optimizer.apply(gradients, variables)
 
     @tf.function(jit_compile=jit, autograph=False)
     def train_step(onehot, features, groups):
@@ -502,7 +538,7 @@ def _make_train_step(text_model, image_projection, optimizer, margin: float, jit
         gradients = tape.gradient(scaled_loss, variables)
 
         def apply():
-            optimizer.apply(gradients, variables)
+            update(gradients)
             return tf.constant(True)
 
         # Non-finite gradients with a finite loss are left to the loss-scale
@@ -620,8 +656,12 @@ def _train_loop(config, pairs, train_features, text_model, image_projection, opt
     schedule = PairSchedule(len(pairs), config.batch_size, config.seed)
     encode = tf.function(encoder_lib.captions_to_onehot,
                          input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-    train_step = _make_train_step(text_model, image_projection, optimizer, config.margin,
-                                  resolve_jit_compile(config.jit_compile))
+    from sdn_tf.precision import choose_policy
+
+    train_step = _make_train_step(
+        text_model, image_projection, optimizer, config.margin,
+        resolve_jit_compile(config.jit_compile),
+        fuse_update=choose_policy(config.precision, config.jit_compile).fuse_ops)
     writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
     # DS-SJE never treats a pair with the same group id as a negative: the
     # class (Reed et al.), the image (negatives="instance"), or one term each.
