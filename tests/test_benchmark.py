@@ -128,3 +128,20 @@ def test_time_step_parts_rejects_bad_size(run_tool):
     result = run_tool("time_step_parts", "--image_size=100")
     assert result.returncode != 0
     assert "--image_size must be a multiple of 32" in result.stderr
+
+
+def test_text_step_fused_and_plain(run_tool, tmp_path):
+    """The text rows time sdn-train-text's step, with and without the XLA-compiled update."""
+    output = tmp_path / "text.json"
+    result = run_tool("benchmark", "--models=text", "--policies=float32+plain,float32",
+                      "--batch_size=4", "--warmup=1", "--steps=1", "--text_feature_grid=2",
+                      f"--output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(output.read_text())
+    assert report["errors"] == {}
+    assert report["flags"]["text_feature_grid"] == 2
+    rows = {row["policy"]: row for row in report["rows"] if row["model"] == "text"}
+    assert set(rows) == {"float32+plain", "float32"}
+    for text_row in rows.values():
+        assert text_row["examples_per_second"] > 0
+        assert text_row["tflops_per_second"] > 0

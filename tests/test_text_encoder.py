@@ -596,6 +596,24 @@ def test_fused_update_matches_plain():
         np.testing.assert_allclose(fused_weight, plain_weight, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused_update", [False, True])
+def test_fused_update_setting_reaches_step(tiny_data, tmp_path, monkeypatch, fused_update):
+    """--fused_update picks the XLA update on the CPU; the default keeps the plain one."""
+    chosen = []
+    build_step = text_train._make_train_step
+
+    def recording_build_step(*args, **kwargs):
+        chosen.append(kwargs["fuse_update"])
+        return build_step(*args, **kwargs)
+
+    monkeypatch.setattr(text_train, "_make_train_step", recording_build_step)
+    result = text_train.train_text_encoder(
+        _config(tmp_path, max_steps=2, fused_update=fused_update), tiny_data[0])
+    assert chosen == [fused_update]
+    assert result.summary["step"] == 2
+    assert np.isfinite(result.summary["train_loss"])
+
+
 def test_too_few_pairs_raises(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="batch_size=100"):
         text_train.train_text_encoder(_config(tmp_path, batch_size=100), tiny_data[0])
@@ -614,7 +632,8 @@ def _run_cli(*args):
 def test_cli_helpfull_lists_flags():
     result = _run_cli("--helpfull")
     assert "Traceback" not in result.stderr
-    for flag in ("--rnn", "--embedding_dim", "--dropout", "--teacher_weights", "--workdir"):
+    for flag in ("--rnn", "--embedding_dim", "--dropout", "--teacher_weights", "--workdir",
+                 "--[no]fused_update"):
         assert flag in result.stdout
 
 

@@ -4,14 +4,16 @@
 
 For Stage-I, Stage-II and the text encoder, at each --image_sizes and
 --batch_size, the tool times a compiled training step (`SDNModel.train_step`,
-or a DS-SJE step of the char-CNN-RNN) under every policy of --policies, and
+or sdn-train-text's DS-SJE step of the char-CNN-RNN and the image projection)
+under every policy of --policies, and
 VGG19's forward pass alone under mixed_bfloat16. Each policy runs in its own
 subprocess, so the global Keras dtype policy and the memory peak of one policy
 cannot leak into another. The first --warmup steps compile and are not timed.
 
 FLOPs per training step are counted from the layer shapes (2 FLOPs per
 multiply-add), with F_G = `count_generator_flops`, F_D = `count_teacher_flops`
-and F_T the text encoder's forward FLOPs for the batch:
+and F_T the forward FLOPs of the text encoder and the image projection
+(1472 x --text_feature_grid^2 inputs) for the batch:
 
   Stage-I:  B * (F_D + 3 F_G)
             teacher forward on the real image, generator forward, generator
@@ -53,7 +55,8 @@ FLAGS = flags.FLAGS
 
 # "+plain" times the step without the XLA-fused loss terms and optimizer update
 # that sdn-train uses on the CPU (`Policy.fuse_ops`): a straightforward Keras
-# step, the baseline of the speed-up target.
+# step, the baseline of the speed-up target. For the text step, the other CPU
+# policies time sdn-train-text --fused_update, and "+plain" its default.
 CPU_POLICIES = ("float32+plain", "float32", "float32+xla", "mixed_bfloat16",
                 "mixed_bfloat16+xla")
 GPU_POLICIES = ("float32", "mixed_float16+xla", "mixed_bfloat16+xla")
@@ -203,33 +206,32 @@ def _sdn_step(stage: int, image_size: int, batch_size: int, precision: str, use_
     return lambda: compiled((images, embeddings))["loss"]
 
 
-def _text_step(batch_size: int, precision: str, use_xla: bool):
+def _text_step(batch_size: int, precision: str, use_xla: bool, plain: bool = False):
+    """Return sdn-train-text's DS-SJE step (encoder and image projection) and its forward FLOPs."""
     import numpy as np
     import tensorflow as tf
 
     from sdn_tf import precision as precision_lib
     from sdn_tf.text import encoder as encoder_lib
+    from sdn_tf.text import train as text_train
 
+    device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    policy = precision_lib.Policy(precision, use_xla, device)
     model = encoder_lib.build_text_encoder(EMBEDDING_DIM, dtype=precision,
                                            use_cudnn=False if use_xla else "auto")
-    optimizer = precision_lib.make_optimizer(precision_lib.Policy(precision, use_xla, ""), 1e-4)
-    optimizer.build(model.trainable_variables)
+    feature_dim = text_train.image_feature_dim(FLAGS.text_feature_grid)
+    projection = text_train.build_image_projection(EMBEDDING_DIM, 0, feature_dim)
+    optimizer = precision_lib.make_optimizer(policy, 1e-4)
+    optimizer.build(model.trainable_variables + projection.trainable_variables)
     rng = np.random.default_rng(0)
     captions = ["a small bird with a red crown and white belly"] * batch_size
     onehot = encoder_lib.captions_to_onehot(captions)
-    image_embeddings = tf.constant(rng.normal(size=(batch_size, EMBEDDING_DIM)).astype(np.float32))
+    features = tf.constant(rng.normal(size=(batch_size, feature_dim)).astype(np.float32))
     class_ids = tf.constant(np.arange(batch_size) % TEXT_CLASSES, tf.int32)
-
-    def train_step():
-        with tf.GradientTape() as tape:
-            text = model(onehot, training=True)
-            loss, _ = encoder_lib.ds_sje_loss(image_embeddings, text, class_ids)
-            scaled = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply(gradients, model.trainable_variables)
-        return loss
-
-    return tf.function(train_step, jit_compile=use_xla), text_encoder_flops(model, batch_size)
+    step = text_train._make_train_step(model, projection, optimizer, 1.0, use_xla,
+                                       fuse_update=policy.fuse_ops and not plain)
+    flops = text_encoder_flops(model, batch_size) + batch_size * 2 * feature_dim * EMBEDDING_DIM
+    return (lambda: step(onehot, features, class_ids)[0]), flops
 
 
 def _vgg_forward(image_size: int, batch_size: int, use_xla: bool):
@@ -285,7 +287,8 @@ def run_policy(policy_name: str, models, sizes, batch_size: int, warmup: int, st
         memory.reset()
         flops_per_step = None
         if model_name == "text":
-            step, flops_per_step = _text_step(batch_size, precision, use_xla)
+            step, flops_per_step = _text_step(batch_size, precision, use_xla,
+                                              plain=policy_name.endswith("+plain"))
         elif model_name == "vgg19_forward":
             step = _vgg_forward(size, batch_size, use_xla)
             flops_per_step = batch_size * count_teacher_flops(size)
@@ -319,7 +322,8 @@ def _child_command(policy: str, models) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), f"--worker_policy={policy}",
             f"--image_sizes={','.join(FLAGS.image_sizes)}", f"--batch_size={FLAGS.batch_size}",
             f"--models={','.join(models)}", f"--warmup={FLAGS.warmup}", f"--steps={FLAGS.steps}",
-            f"--max_seconds={FLAGS.max_seconds}"]
+            f"--max_seconds={FLAGS.max_seconds}",
+            f"--text_feature_grid={FLAGS.text_feature_grid}"]
 
 
 def _run_child(policy: str, models) -> tuple[list[dict], str]:
@@ -451,7 +455,7 @@ def main(argv):
     result = {
         "flags": {name: FLAGS[name].value for name in
                   ("image_sizes", "batch_size", "policies", "models", "warmup", "steps",
-                   "max_seconds")},
+                   "max_seconds", "text_feature_grid")},
         "machine": machine, "seconds": time.time() - started, "rows": rows,
         "targets": summarise_targets(rows, policies, sizes), "errors": errors,
     }
@@ -471,6 +475,8 @@ def define_flags() -> None:
     flags.DEFINE_list("image_sizes", ["64", "128", "224"],
                       "Square image sides in pixels, multiples of 32 from 64 to 224.")
     flags.DEFINE_integer("batch_size", 12, "Examples per training step.", lower_bound=1)
+    flags.DEFINE_integer("text_feature_grid", 1, "sdn-train-text's --feature_grid for the text "
+                         "step: the image projection has 1472 x grid^2 inputs.", lower_bound=1)
     flags.DEFINE_list("policies", [], "Policies to compare, each a Keras dtype policy name "
                       "with an optional +xla suffix (or +plain: a step without the XLA-fused loss terms "
                       "and update of the CPU default). Empty: "

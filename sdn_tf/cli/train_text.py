@@ -34,6 +34,10 @@ def define_text_flags() -> None:
     flags.DEFINE_integer("feature_grid", 1, "Pool each teacher tap to a grid x grid layout "
                          "for the image features; 1 (Reed et al.) takes spatial means and "
                          "so drops where objects are.", lower_bound=1, upper_bound=7)
+    flags.DEFINE_bool("fused_update", False,
+                      "Compile the Adam update with XLA on its own, on a CPU without "
+                      "whole-step XLA: about 30 % shorter steps with --feature_grid=3 on 2 "
+                      "cores, but other rounding, so the encoder differs from an unfused run.")
     flags.DEFINE_enum("negatives", "class", ("class", "instance", "class+instance"),
                       "DS-SJE negatives: captions and images of other classes (Reed et al.), "
                       "of every other image, which teaches within-class detail such as "
@@ -59,7 +63,8 @@ def main(argv):
         log_every=FLAGS.log_every, checkpoint_every=FLAGS.checkpoint_every,
         keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, feature_batch_size=FLAGS.feature_batch_size,
-        feature_grid=FLAGS.feature_grid, negatives=FLAGS.negatives)
+        feature_grid=FLAGS.feature_grid, negatives=FLAGS.negatives,
+        fused_update=FLAGS.fused_update)
     config.on_nan = FLAGS.on_nan
     config.max_nan_restores = FLAGS.max_nan_restores
     train_text_encoder(config)
