@@ -185,13 +185,13 @@ def _read_embedding_cache(path: str, num_captions: int) -> Optional[np.ndarray]:
         return None
     try:
         embeddings = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         logging.warning("Ignoring the unreadable caption embedding cache %s (%s); embedding "
                         "the captions again.", path, error)
         return None
     if (embeddings.dtype != np.float32 or embeddings.ndim != 2
             or embeddings.shape[0] != num_captions or not np.all(np.isfinite(embeddings))):
-        logging.warning("Ignoring the caption embedding cache %s: it holds %s %s values, not "
+        logging.warning("Ignoring the caption embedding cache %s: it contains %s %s values, not "
                         "%d finite float32 rows; embedding the captions again.", path,
                         embeddings.shape, embeddings.dtype, num_captions)
         return None

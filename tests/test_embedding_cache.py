@@ -80,7 +80,7 @@ def test_cache_file_per_captions_and_weights(tmp_path):
     assert len(cache_files(encoder_dir)) == 3
 
 
-@pytest.mark.parametrize("damage", ["garbage", "wrong_rows", "not_finite"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_rows", "not_finite"])
 def test_damaged_cache_recomputed(tmp_path, caplog, damage):
     encoder_dir = write_encoder(tmp_path / "text", seed=1)
     expected = embed(encoder_dir, RECORDS)
@@ -88,6 +88,11 @@ def test_damaged_cache_recomputed(tmp_path, caplog, damage):
     if damage == "garbage":
         with open(path, "wb") as file:
             file.write(b"not an npy file")
+    elif damage == "truncated":
+        with open(path, "rb") as file:
+            head = file.read(150)
+        with open(path, "wb") as file:
+            file.write(head)
     elif damage == "wrong_rows":
         np.save(path, expected[:2])
     else:
