@@ -147,7 +147,8 @@ def embed_records(config: SDNConfig, records) -> np.ndarray:
             "sdn-train-text run."
         )
     captions = [caption for record in records for caption in record.captions]
-    cache_path = _embedding_cache_path(config.text_encoder, captions)
+    cache_path = _embedding_cache_path(config.text_encoder, config.text_encoder_digest,
+                                       captions)
     cached = _read_embedding_cache(cache_path, len(captions))
     if cached is not None:
         logging.info("Read the embeddings of %d captions from %s.", len(captions), cache_path)
@@ -161,21 +162,25 @@ def embed_records(config: SDNConfig, records) -> np.ndarray:
 
 
 # Caption embeddings are kept in the text encoder's workdir, one file per
-# (encoder weights, caption list) pair. Stage-II and every rerun embed the
-# same captions again, and the 24,000 shapes captions took 25 to 31 s on 2
-# CPU cores, against well under a second to read back.
+# (encoder weights, caption list) pair, because Stage-II and every rerun embed
+# the same captions again. Embedding the 24,000 shapes captions took 25 to 31 s
+# on 2 CPU cores, and reading them back takes well under a second.
 EMBEDDING_CACHE_DIR = "caption_embeddings"
 
 
-def _embedding_cache_path(encoder_dir: str, captions) -> str:
-    """Name the cache file by the encoder's weights digest and a hash of the captions in order."""
+def _embedding_cache_path(encoder_dir: str, weights: Optional[str], captions) -> str:
+    """Name the cache file by the encoder's weights digest and a hash of the captions in order.
+
+    `weights` is the digest train() computed at start; when None (a direct
+    call), the weights file is hashed here.
+    """
     from sdn_tf.text.encoder import weights_digest
 
     digest = hashlib.sha256()
     for caption in captions:
         digest.update(caption.encode("utf-8"))
-        digest.update(b"\0")  # so ["ab", "c"] and ["a", "bc"] differ
-    name = f"{weights_digest(encoder_dir)}-{digest.hexdigest()[:16]}.npy"
+        digest.update(b"\0")  # Separates captions, so ["ab", "c"] and ["a", "bc"] differ.
+    name = f"{weights or weights_digest(encoder_dir)}-{digest.hexdigest()[:16]}.npy"
     return os.path.join(encoder_dir, EMBEDDING_CACHE_DIR, name)
 
 

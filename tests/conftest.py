@@ -1,6 +1,7 @@
 """Shared test settings: quiet TensorFlow logs, the path of the real data, tools/ helpers."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -41,6 +42,31 @@ def _run_tool_script(name: str, *args: str, timeout: float = 300):
 def run_tool():
     """Return a function that runs tools/NAME.py with arguments and returns the finished process."""
     return _run_tool_script
+
+
+def _write_text_encoder(workdir, embedding_dim: int = 16, seed: int = 0) -> str:
+    from sdn_tf.text import encoder as enc
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = {"kind": enc.WORKDIR_KIND, "alphabet": enc.ALPHABET,
+              "max_length": enc.MAX_LENGTH, "embedding_dim": embedding_dim, "rnn": "gru",
+              "dropout": 0.0}
+    (workdir / "config.json").write_text(json.dumps(config))
+    model = enc.build_text_encoder(embedding_dim=embedding_dim, rnn="gru", dropout=0.0,
+                                   seed=seed)
+    enc.save_text_encoder(model, str(workdir))
+    return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def write_text_encoder():
+    """Return a function that writes an untrained text encoder workdir and returns its path.
+
+    The workdir looks as a finished sdn-train-text run leaves it: config.json
+    and the final weights file. `seed` sets the initial weights.
+    """
+    return _write_text_encoder
 
 
 def pytest_configure(config):

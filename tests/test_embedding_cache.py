@@ -1,6 +1,5 @@
 """sdn-train's cache of caption embeddings in the text encoder's workdir."""
 
-import json
 import logging
 import os
 
@@ -10,17 +9,6 @@ import pytest
 from sdn_tf import train as train_lib
 from sdn_tf.data.records import ImageRecord
 from sdn_tf.text import encoder as enc
-
-
-def write_encoder(workdir, seed):
-    """Write an untrained encoder workdir, as a finished sdn-train-text run leaves it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = {"kind": enc.WORKDIR_KIND, "alphabet": enc.ALPHABET,
-              "max_length": enc.MAX_LENGTH, "embedding_dim": 8, "rnn": "gru", "dropout": 0.0}
-    (workdir / "config.json").write_text(json.dumps(config))
-    model = enc.build_text_encoder(embedding_dim=8, rnn="gru", dropout=0.0, seed=seed)
-    enc.save_text_encoder(model, str(workdir))
-    return str(workdir)
 
 
 def make_records(captions_per_image):
@@ -47,8 +35,8 @@ def direct_embeddings(encoder_dir, records):
 RECORDS = make_records([["a red square", "a small red square"], ["a blue circle"]])
 
 
-def test_second_run_skips_encoder(tmp_path, monkeypatch):
-    encoder_dir = write_encoder(tmp_path / "text", seed=1)
+def test_second_run_skips_encoder(tmp_path, monkeypatch, write_text_encoder):
+    encoder_dir = write_text_encoder(tmp_path / "text", embedding_dim=8, seed=1)
     first = embed(encoder_dir, RECORDS)
     assert first.shape == (3, 8)
     np.testing.assert_allclose(first, direct_embeddings(encoder_dir, RECORDS), rtol=1e-6)
@@ -62,18 +50,18 @@ def test_second_run_skips_encoder(tmp_path, monkeypatch):
     np.testing.assert_array_equal(second, first)
 
 
-def test_cache_file_per_captions_and_weights(tmp_path):
-    encoder_dir = write_encoder(tmp_path / "text", seed=1)
+def test_cache_file_per_captions_and_weights(tmp_path, write_text_encoder):
+    encoder_dir = write_text_encoder(tmp_path / "text", embedding_dim=8, seed=1)
     first = embed(encoder_dir, RECORDS)
-    # Same captions split differently over images: the same caption order, same file.
+    # The same captions split differently over images keep their order and file.
     embed(encoder_dir, make_records([["a red square"], ["a small red square", "a blue circle"]]))
     assert len(cache_files(encoder_dir)) == 1
-    # Swapped order is another list.
+    # Captions in another order make another list.
     swapped = make_records([["a blue circle"], ["a red square", "a small red square"]])
     embed(encoder_dir, swapped)
     assert len(cache_files(encoder_dir)) == 2
-    # Retrained weights: the old file must not be read.
-    write_encoder(tmp_path / "text", seed=2)
+    # New weights must not read the old file.
+    write_text_encoder(tmp_path / "text", embedding_dim=8, seed=2)
     retrained = embed(encoder_dir, RECORDS)
     assert not np.allclose(retrained, first)
     np.testing.assert_allclose(retrained, direct_embeddings(encoder_dir, RECORDS), rtol=1e-6)
@@ -81,8 +69,8 @@ def test_cache_file_per_captions_and_weights(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_rows", "not_finite"])
-def test_damaged_cache_recomputed(tmp_path, caplog, damage):
-    encoder_dir = write_encoder(tmp_path / "text", seed=1)
+def test_damaged_cache_recomputed(tmp_path, caplog, write_text_encoder, damage):
+    encoder_dir = write_text_encoder(tmp_path / "text", embedding_dim=8, seed=1)
     expected = embed(encoder_dir, RECORDS)
     path = os.path.join(encoder_dir, train_lib.EMBEDDING_CACHE_DIR, cache_files(encoder_dir)[0])
     if damage == "garbage":
@@ -107,9 +95,9 @@ def test_damaged_cache_recomputed(tmp_path, caplog, damage):
     np.testing.assert_array_equal(np.load(path), expected)
 
 
-def test_unwritable_cache_warns(tmp_path, caplog):
-    encoder_dir = write_encoder(tmp_path / "text", seed=1)
-    # A file where the cache folder should be: creating the folder fails even as root.
+def test_unwritable_cache_warns(tmp_path, caplog, write_text_encoder):
+    encoder_dir = write_text_encoder(tmp_path / "text", embedding_dim=8, seed=1)
+    # A file in place of the cache folder makes the write fail, even for root.
     (tmp_path / "text" / train_lib.EMBEDDING_CACHE_DIR).write_text("in the way")
     caplog.set_level(logging.WARNING, logger="absl")
     embeddings = embed(encoder_dir, RECORDS)

@@ -129,20 +129,14 @@ def test_export_without_info(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def untrained_workdir(tmp_path_factory):
+def untrained_workdir(tmp_path_factory, write_text_encoder):
     """Write text encoder and sdn-train workdirs as finished runs leave them, untrained."""
     from sdn_tf.generator import build_generator
-    from sdn_tf.text import encoder as enc
     from sdn_tf.train import GENERATOR_WEIGHTS
 
     root = tmp_path_factory.mktemp("interpolate")
     text = root / "text"
-    text.mkdir()
-    text_config = {"kind": enc.WORKDIR_KIND, "alphabet": enc.ALPHABET,
-                   "max_length": enc.MAX_LENGTH, "embedding_dim": 8, "rnn": "gru",
-                   "dropout": 0.0}
-    (text / "config.json").write_text(json.dumps(text_config))
-    enc.save_text_encoder(enc.build_from_config(text_config), str(text))
+    write_text_encoder(text, embedding_dim=8)
 
     run = root / "sdn"
     run.mkdir()

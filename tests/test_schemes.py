@@ -187,21 +187,8 @@ def test_cli_rejects_bad_scheme(tmp_path, flags, expected):
 # --- Training with schemes, and diverse synthesis end to end --------------------------
 
 
-def write_text_encoder(workdir, embedding_dim=16):
-    """Write an untrained text encoder workdir, as a finished sdn-train-text run leaves it."""
-    from sdn_tf.text import encoder as enc
-
-    workdir.mkdir(parents=True)
-    config = {"kind": enc.WORKDIR_KIND, "alphabet": enc.ALPHABET,
-              "max_length": enc.MAX_LENGTH, "embedding_dim": embedding_dim, "rnn": "gru",
-              "dropout": 0.0}
-    (workdir / "config.json").write_text(json.dumps(config))
-    enc.save_text_encoder(enc.build_from_config(config), str(workdir))
-    return str(workdir)
-
-
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
+def tiny_data(tmp_path_factory, write_text_encoder):
     root = tmp_path_factory.mktemp("schemes")
     rng = np.random.default_rng(0)
     records = []

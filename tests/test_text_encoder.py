@@ -541,32 +541,22 @@ def test_nan_loss_restore_finishes(tiny_data, tmp_path, monkeypatch):
     assert int(reader.get_tensor("data_offset/.ATTRIBUTES/VARIABLE_VALUE")) == 1
 
 
-def test_nan_step_leaves_weights_unchanged():
-    text_model = enc.build_text_encoder(embedding_dim=8)
-    projection = text_train.build_image_projection(8)
-    optimizer = keras.optimizers.Adam(1e-2)
-    optimizer.build(text_model.trainable_variables + projection.trainable_variables)
-    step = text_train._make_train_step(text_model, projection, optimizer, 1.0, jit=False)
-    before = [variable.numpy().copy() for variable in projection.trainable_variables]
-    features = np.full((2, text_train.IMAGE_FEATURE_DIM), np.nan, np.float32)
-    loss, _ = step(enc.captions_to_onehot(["a red box", "a blue box"]), features,
-                   tf.constant([0, 1]))
-    assert not np.isfinite(float(loss))
-    for old, variable in zip(before, projection.trainable_variables):
-        np.testing.assert_array_equal(old, variable.numpy())
-
-
 @pytest.mark.parametrize("fuse_update", [False, True])
-def test_nan_step_skipped_fused(fuse_update):
+def test_nan_step_leaves_weights_unchanged(fuse_update):
     text_model = enc.build_text_encoder(embedding_dim=8)
     projection = text_train.build_image_projection(8)
     optimizer = keras.optimizers.Adam(1e-2)
     optimizer.build(text_model.trainable_variables + projection.trainable_variables)
     step = text_train._make_train_step(text_model, projection, optimizer, 1.0, jit=False,
                                        fuse_update=fuse_update)
+    before = [variable.numpy().copy() for variable in projection.trainable_variables]
     features = np.full((2, text_train.IMAGE_FEATURE_DIM), np.nan, np.float32)
-    step(enc.captions_to_onehot(["a red box", "a blue box"]), features, tf.constant([0, 1]))
+    loss, _ = step(enc.captions_to_onehot(["a red box", "a blue box"]), features,
+                   tf.constant([0, 1]))
+    assert not np.isfinite(float(loss))
     assert int(optimizer.iterations.numpy()) == 0
+    for old, variable in zip(before, projection.trainable_variables):
+        np.testing.assert_array_equal(old, variable.numpy())
 
 
 def test_fused_update_matches_plain():
@@ -587,17 +577,19 @@ def test_fused_update_matches_plain():
         losses = [float(step(onehot, features, groups)[0]) for _ in range(5)]
         weights = [variable.numpy() for variable in
                    text_model.trainable_variables + projection.trainable_variables]
-        results[fuse_update] = (losses, weights, int(optimizer.iterations.numpy()))
+        results[fuse_update] = {"losses": losses, "weights": weights,
+                                "iterations": int(optimizer.iterations.numpy())}
     plain, fused = results[False], results[True]
-    assert fused[2] == plain[2] == 5
-    np.testing.assert_allclose(fused[0], plain[0], rtol=1e-4)
-    assert plain[0][-1] < plain[0][0]
-    for fused_weight, plain_weight in zip(fused[1], plain[1]):
+    assert plain["iterations"] == 5
+    assert fused["iterations"] == 5
+    np.testing.assert_allclose(fused["losses"], plain["losses"], rtol=1e-4)
+    assert plain["losses"][-1] < plain["losses"][0]
+    for fused_weight, plain_weight in zip(fused["weights"], plain["weights"]):
         np.testing.assert_allclose(fused_weight, plain_weight, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("fused_update", [False, True])
-def test_fused_update_setting_reaches_step(tiny_data, tmp_path, monkeypatch, fused_update):
+def test_fused_update_flag_reaches_step(tiny_data, tmp_path, monkeypatch, fused_update):
     """--fused_update picks the XLA update on the CPU; the default keeps the plain one."""
     chosen = []
     build_step = text_train._make_train_step

@@ -5,8 +5,8 @@
 For Stage-I, Stage-II and the text encoder, at each --image_sizes and
 --batch_size, the tool times a compiled training step (`SDNModel.train_step`,
 or sdn-train-text's DS-SJE step of the char-CNN-RNN and the image projection)
-under every policy of --policies, and
-VGG19's forward pass alone under mixed_bfloat16. Each policy runs in its own
+under every policy of --policies, and VGG19's forward pass alone under
+mixed_bfloat16. Each policy runs in its own
 subprocess, so the global Keras dtype policy and the memory peak of one policy
 cannot leak into another. The first --warmup steps compile and are not timed.
 
@@ -178,6 +178,16 @@ def _block(result) -> None:
         value.numpy()
 
 
+def _policy(precision: str, use_xla: bool):
+    """Return the `sdn_tf.precision.Policy` of a timed step on this machine's device."""
+    import tensorflow as tf
+
+    from sdn_tf import precision as precision_lib
+
+    device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return precision_lib.Policy(precision, use_xla, device)
+
+
 def _sdn_step(stage: int, image_size: int, batch_size: int, precision: str, use_xla: bool,
               plain: bool = False):
     import numpy as np
@@ -189,8 +199,7 @@ def _sdn_step(stage: int, image_size: int, batch_size: int, precision: str, use_
     from sdn_tf.model import SDNModel
     from sdn_tf.teacher import build_teacher
 
-    device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-    policy = precision_lib.Policy(precision, use_xla, device)
+    policy = _policy(precision, use_xla)
     teacher = build_teacher(image_size, "random", "released_code")
     generator = build_generator(image_size, EMBEDDING_DIM, 1, seed=0)
     # The training step as sdn-train builds it under the default strategy.
@@ -215,8 +224,7 @@ def _text_step(batch_size: int, precision: str, use_xla: bool, plain: bool = Fal
     from sdn_tf.text import encoder as encoder_lib
     from sdn_tf.text import train as text_train
 
-    device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-    policy = precision_lib.Policy(precision, use_xla, device)
+    policy = _policy(precision, use_xla)
     model = encoder_lib.build_text_encoder(EMBEDDING_DIM, dtype=precision,
                                            use_cudnn=False if use_xla else "auto")
     feature_dim = text_train.image_feature_dim(FLAGS.text_feature_grid)
