@@ -643,20 +643,19 @@ def _train_loop(config, pairs, train_features, text_model, image_projection, opt
                          input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     from sdn_tf.precision import choose_policy
 
-    # NOTE: the shapes quickstart's encoder is sensitive to rounding. Three
-    # encoders whose training differed only in rounding (the plain update, this
-    # XLA update, and the XLA update with bfloat16 image features) let a linear
-    # probe read the caption colour from 87, 65 and 60 % of held-out captions.
-    # After Stage-I, the colour check gave 73 % seen for the first and 33 % for
-    # the third. So the default keeps the plain update the quickstart was
-    # measured with.
-    fuse_update = config.fused_update and choose_policy(config.precision,
-                                                        config.jit_compile).fuse_ops
-    if config.fused_update and not fuse_update:
+    # NOTE: the shapes quickstart's encoder is sensitive to rounding. With the
+    # plain update, the XLA update, and the XLA update on bfloat16 features, a
+    # linear probe read the colour from 87, 65 and 60 % of held-out captions.
+    # After Stage-I the colour check gave 73 % seen for the first and 33 % for
+    # the third, so the plain update stays the default.
+    policy = choose_policy(config.precision, config.jit_compile)
+    fuse_update = config.fused_update and policy.fuse_ops
+    if fuse_update:
+        logging.info("--fused_update: XLA compiles the Adam update on its own.")
+    elif config.fused_update:
         logging.info("--fused_update has no effect under whole-step XLA or mixed_float16.")
-    train_step = _make_train_step(
-        text_model, image_projection, optimizer, config.margin,
-        resolve_jit_compile(config.jit_compile), fuse_update=fuse_update)
+    train_step = _make_train_step(text_model, image_projection, optimizer, config.margin,
+                                  policy.jit_compile, fuse_update=fuse_update)
     writer = tf.summary.create_file_writer(os.path.join(config.workdir, "train"))
     # DS-SJE never treats a pair with the same group id as a negative: the
     # class (Reed et al.), the image (negatives="instance"), or one term each.
