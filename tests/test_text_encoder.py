@@ -1,6 +1,7 @@
 """Tests of the char-CNN-RNN text encoder, its DS-SJE loss, training and the sdn-train-text CLI."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -210,6 +211,60 @@ def test_schedule_depends_only_on_step():
     np.testing.assert_array_equal(first.batch(9), second.batch(9))
 
 
+def test_nearest_images_match_brute_force():
+    features = np.random.default_rng(0).normal(size=(30, 5))
+    distances = ((features[:, None] - features[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    expected = np.argsort(distances, axis=1, kind="stable")[:, :4]
+    # A chunk smaller than the row count exercises the blockwise distances.
+    np.testing.assert_array_equal(text_train.nearest_images(features, 4, chunk=7), expected)
+
+
+def test_nearest_images_rejects_too_many():
+    with pytest.raises(ValueError, match="count=3"):
+        text_train.nearest_images(np.zeros((3, 2)), 3)
+
+
+def _neighbour_setup(num_images=12, captions_per_image=3, per_anchor=3, batch_size=8):
+    """Images on a line, so each image's nearest neighbours are the rows next to it."""
+    image_index = np.repeat(np.arange(num_images), captions_per_image)
+    features = np.arange(num_images, dtype=np.float64)[:, None] ** 1.5
+    pool = min(text_train.NEIGHBOUR_POOL, num_images - 1)
+    nearest = text_train.nearest_images(features, pool)
+    neighbours = {row: nearest[row] for row in range(num_images)}
+    schedule = text_train.NeighbourSchedule(image_index, neighbours, batch_size, per_anchor,
+                                            seed=5)
+    return image_index, neighbours, schedule
+
+
+def test_neighbour_batches_group_anchor_with_its_neighbours():
+    image_index, neighbours, schedule = _neighbour_setup(per_anchor=3, batch_size=8)
+    for step in range(6):
+        batch = schedule.batch(step)
+        assert len(batch) == 8
+        for group in batch.reshape(2, 4):
+            anchor_image = image_index[group[0]]
+            others = image_index[group[1:]]
+            assert len(set(others)) == 3  # distinct images
+            assert anchor_image not in others
+            assert set(others) <= set(neighbours[anchor_image])
+
+
+def test_neighbour_batches_anchors_cover_every_pair():
+    image_index, _, schedule = _neighbour_setup(per_anchor=1, batch_size=6)
+    # Three anchors per batch: 12 steps visit the 36 pairs once as anchors.
+    anchors = np.concatenate([schedule.batch(step)[::2] for step in range(12)])
+    assert sorted(anchors) == list(range(len(image_index)))
+
+
+def test_neighbour_batches_depend_only_on_step():
+    _, _, first = _neighbour_setup()
+    _, _, second = _neighbour_setup()
+    second.batch(0)
+    np.testing.assert_array_equal(first.batch(7), second.batch(7))
+    assert not np.array_equal(first.batch(7), first.batch(8))
+
+
 def test_config_rejects_unknown_setting():
     with pytest.raises(ValueError, match="bogus"):
         text_train.as_config({"workdir": "/tmp/x", "bogus": 1})
@@ -357,6 +412,58 @@ def test_tensorboard_events_written(resumed_run):
     assert any(name.startswith("events.out.tfevents") for name in names)
 
 
+def _logged_learning_rates(workdir) -> dict:
+    """Return {step: learning rate} from the run's TensorBoard events."""
+    rates = {}
+    folder = os.path.join(workdir, "train")
+    for name in os.listdir(folder):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                if value.tag == "learning_rate":
+                    rates[event.step] = float(tf.make_ndarray(value.tensor))
+    return rates
+
+
+@pytest.mark.parametrize("decay", ["none", "cosine"])
+def test_learning_rate_decay_per_step(tiny_data, tmp_path, decay):
+    text_train.train_text_encoder(
+        _config(tmp_path, max_steps=4, learning_rate_decay=decay), tiny_data[0])
+    rates = _logged_learning_rates(tmp_path)
+    assert sorted(rates) == [1, 2, 3, 4]
+    for step, rate in rates.items():
+        # After `step` updates, a half cosine from 1e-3 to 0 over 4 steps.
+        expected = 1e-3 * (0.5 * (1 + math.cos(math.pi * step / 4)) if decay == "cosine" else 1)
+        assert rate == pytest.approx(expected, abs=1e-9)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["learning_rate_decay"] == decay
+
+
+def test_interrupted_cosine_neighbour_run_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    """A run stopped after its step-2 checkpoint and rerun ends as an uninterrupted one."""
+    train, test = tiny_data
+    settings = dict(max_steps=4, learning_rate_decay="cosine", negatives="instance",
+                    batch_neighbours=1)
+    straight = text_train.train_text_encoder(_config(tmp_path / "straight", **settings), train)
+
+    real_log_window = text_train._log_window
+
+    def interrupt_at_step_3(window, current, *args):
+        if current == 3:
+            raise KeyboardInterrupt
+        return real_log_window(window, current, *args)
+
+    monkeypatch.setattr(text_train, "_log_window", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        text_train.train_text_encoder(_config(tmp_path / "resumed", **settings), train)
+    monkeypatch.setattr(text_train, "_log_window", real_log_window)
+    resumed = text_train.train_text_encoder(_config(tmp_path / "resumed", **settings), train)
+
+    captions = ["a red square", "a pink box", "something else entirely"]
+    np.testing.assert_allclose(resumed.text_encoder.embed(captions),
+                               straight.text_encoder.embed(captions), rtol=1e-4, atol=1e-5)
+    assert _logged_learning_rates(tmp_path / "resumed")[4] == 0.0
+
+
 def test_resume_with_other_rnn_raises(resumed_run, tiny_data):
     workdir, _, _ = resumed_run
     with pytest.raises(WorkdirError, match=r"rnn='gru'.*rnn='rnn'"):
@@ -499,6 +606,13 @@ def test_summed_negatives_loss():
     ({"negatives": "pairs"}, "negatives='pairs'"),
     ({"feature_grid": 0}, "feature_grid=0"),
     ({"feature_grid": 8}, "feature_grid=8"),
+    ({"batch_neighbours": -1}, "batch_neighbours=-1"),
+    ({"batch_neighbours": 9}, "batch_neighbours=9 must be from 0 to 8"),
+    ({"neighbour_space": "lab"}, "neighbour_space='lab'; use one of greyscale, rgb"),
+    ({"learning_rate_decay": "linear"}, "learning_rate_decay='linear'; use one of none, "
+     "cosine"),
+    ({"batch_neighbours": 2, "batch_size": 8}, "batch_size=8 must be a multiple of "
+     "batch_neighbours \\+ 1 = 3.*--batch_size=9"),
 ])
 def test_config_rejects_bad_feature_settings(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -606,6 +720,65 @@ def test_fused_update_flag_reaches_step(tiny_data, tmp_path, monkeypatch, fused_
     assert np.isfinite(result.summary["train_loss"])
 
 
+@pytest.mark.parametrize("space, cache_name", [("greyscale", "train_greyscale"),
+                                               ("rgb", "train")])
+def test_train_with_neighbour_batches(tiny_data, tmp_path, monkeypatch, space, cache_name):
+    """Each group of a batch pairs an anchor with captions of the nearest other images."""
+    seen = _record_groups(monkeypatch)
+    train, _ = tiny_data
+    result = text_train.train_text_encoder(
+        _config(tmp_path, max_steps=2, negatives="instance", batch_neighbours=3,
+                neighbour_space=space), train)
+    assert result.summary["step"] == 2
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["batch_neighbours"], config["neighbour_space"]) == (3, space)
+    cached = sorted(os.listdir(tmp_path / "image_features"))
+    assert cached == sorted({"train.npz", cache_name + ".npz"})
+    # Rebuild each image's pool of candidates from the run's cached features.
+    with np.load(tmp_path / "image_features" / (cache_name + ".npz")) as cache:
+        features = cache["features"]
+    mean, std = text_train.feature_statistics(features)
+    pool = text_train.nearest_images((features - mean) / std, text_train.NEIGHBOUR_POOL)
+    assert len(seen) == 2
+    for groups in seen:
+        for group in groups.reshape(-1, 4):
+            assert len(set(group)) == 4
+            assert set(group[1:]) <= set(pool[group[0]])
+
+
+def test_greyscale_features_ignore_hue(tiny_data, tmp_path):
+    """The greyscale cache contains the teacher's features of luma-only copies of the images."""
+    from sdn_tf import teacher as teacher_lib
+    from sdn_tf.data.pipeline import load_images
+
+    train, _ = tiny_data
+    text_train.train_text_encoder(
+        _config(tmp_path, max_steps=1, negatives="instance", batch_neighbours=1), train)
+    # The run seeds Keras with --seed before it builds the random teacher.
+    keras.utils.set_random_seed(0)
+    teacher = teacher_lib.build_teacher(64, "random", "released_code")
+    greyscale = text_train.to_greyscale(load_images(train, 64))
+    expected = text_train.compute_image_features(greyscale, teacher, "released_code")
+    with np.load(tmp_path / "image_features" / "train_greyscale.npz") as cache:
+        np.testing.assert_allclose(cache["features"], expected, rtol=1e-5, atol=1e-5)
+    with np.load(tmp_path / "image_features" / "train.npz") as cache:
+        assert not np.allclose(cache["features"], expected)
+    # A red and a green square of equal luma look the same in greyscale.
+    red = np.zeros((1, 4, 4, 3), np.uint8)
+    red[..., 0] = 200
+    green = np.zeros((1, 4, 4, 3), np.uint8)
+    green[..., 1] = round(200 * 0.299 / 0.587)
+    np.testing.assert_array_equal(text_train.to_greyscale(red), text_train.to_greyscale(green))
+    np.testing.assert_array_equal(text_train.to_greyscale(red)[0, 0, 0], [60, 60, 60])
+
+
+def test_neighbour_batches_need_enough_images(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="batch_neighbours=3 needs at least 4 training images"):
+        text_train.train_text_encoder(
+            _config(tmp_path, batch_size=4, negatives="instance", batch_neighbours=3),
+            tiny_data[0][:3])
+
+
 def test_too_few_pairs_raises(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="batch_size=100"):
         text_train.train_text_encoder(_config(tmp_path, batch_size=100), tiny_data[0])
@@ -625,7 +798,7 @@ def test_cli_helpfull_lists_flags():
     result = _run_cli("--helpfull")
     assert "Traceback" not in result.stderr
     for flag in ("--rnn", "--embedding_dim", "--dropout", "--teacher_weights", "--workdir",
-                 "--[no]fused_update"):
+                 "--[no]fused_update", "--batch_neighbours", "--neighbour_space", "--learning_rate_decay"):
         assert flag in result.stdout
 
 

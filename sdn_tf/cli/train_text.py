@@ -42,6 +42,22 @@ def define_text_flags() -> None:
                       "DS-SJE negatives: captions and images of other classes (Reed et al.), "
                       "of every other image, which teaches within-class detail such as "
                       "position and size, or both losses summed.")
+    flags.DEFINE_integer("batch_neighbours", 0,
+                         "Fill each batch with groups of 1 + this many images that look "
+                         "alike in the teacher's features: an anchor pair plus captions of "
+                         "images drawn from its image's 8 nearest neighbours. With "
+                         "--negatives=instance these hard negatives keep the loss from "
+                         "saturating once layout and background are encoded. 0 draws "
+                         "batches at random.", lower_bound=0, upper_bound=8)
+    flags.DEFINE_enum("neighbour_space", "greyscale", ("greyscale", "rgb"),
+                      "Teacher features in which --batch_neighbours finds similar images: "
+                      "of the greyscale images, so neighbours share the layout and differ "
+                      "in colour, or of the RGB images, whose neighbours mostly share the "
+                      "colour too.")
+    flags.DEFINE_enum("learning_rate_decay", "none", ("none", "cosine"),
+                      "none keeps --learning_rate; cosine lowers it to 0 at the last step "
+                      "along a half cosine, so the final weights are not those of a late "
+                      "loss spike.")
     # Defaults that differ from the generator's: the DS-SJE loss needs
     # negatives of other classes in each batch, so batches are larger, and
     # 7e-4 is the learning rate of StackGAN's CUB encoder.
@@ -64,7 +80,9 @@ def main(argv):
         keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, feature_batch_size=FLAGS.feature_batch_size,
         feature_grid=FLAGS.feature_grid, negatives=FLAGS.negatives,
-        fused_update=FLAGS.fused_update)
+        fused_update=FLAGS.fused_update, batch_neighbours=FLAGS.batch_neighbours,
+        neighbour_space=FLAGS.neighbour_space,
+        learning_rate_decay=FLAGS.learning_rate_decay)
     config.on_nan = FLAGS.on_nan
     config.max_nan_restores = FLAGS.max_nan_restores
     train_text_encoder(config)
