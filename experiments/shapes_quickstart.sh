@@ -13,7 +13,11 @@ STAGE1_STEPS=${STAGE1_STEPS:-4200}
 STAGE2_STEPS=${STAGE2_STEPS:-100}
 COMMON=(--dataset=shapes --image_size=64 --teacher_weights="$TEACHER_WEIGHTS" --log_every=50)
 # Options for short runs, explained in the README's fidelity notes. The text
-# encoder keeps where the object is and how large it is. The generator starts
+# encoder keeps where the object is and how large it is. Each of its batches
+# pairs 10 captions with captions of images that look alike in greyscale
+# (same layout, mostly another colour), so it must learn the colour words.
+# Its learning rate decays to 0, so no late loss spike stays in the final
+# weights. The generator starts
 # He-initialised, at the pixel scale and on whitened embeddings, because the
 # colour explains only about 12 % of the raw embeddings' variance. Its tap
 # terms weigh 0.005: the random teacher's taps are 30 to 95 on average, and
@@ -21,7 +25,7 @@ COMMON=(--dataset=shapes --image_size=64 --teacher_weights="$TEACHER_WEIGHTS" --
 # shape the generator. Stage-I keeps the teacher's taps of the 2,400 training
 # images in memory (6.4 GB), which spares one teacher pass per step.
 TEXT_OPTIONS=(--batch_size=20 --learning_rate=1e-3 --dropout=0 --feature_grid=3
-              --negatives=instance)
+              --negatives=instance --batch_neighbours=1 --learning_rate_decay=cosine)
 GENERATOR=(--image_gain=64 --whiten_embeddings --tap_weights=all=0.005)
 
 start=$(date +%s)
