@@ -14,7 +14,8 @@ from absl import app, flags
 
 from sdn_tf import flags as sdn_flags
 from sdn_tf.text.encoder import RNN_TYPES
-from sdn_tf.text.train import TextTrainConfig, train_text_encoder
+from sdn_tf.text.train import (LEARNING_RATE_DECAYS, NEIGHBOUR_POOL, NEIGHBOUR_SPACES,
+                                TextTrainConfig, train_text_encoder)
 from sdn_tf.cli.errors import run_program
 
 FLAGS = sdn_flags.FLAGS
@@ -45,16 +46,16 @@ def define_text_flags() -> None:
     flags.DEFINE_integer("batch_neighbours", 0,
                          "Fill each batch with groups of 1 + this many images that look "
                          "alike in the teacher's features: an anchor pair plus captions of "
-                         "images drawn from its image's 8 nearest neighbours. With "
-                         "--negatives=instance these hard negatives keep the loss from "
-                         "saturating once layout and background are encoded. 0 draws "
-                         "batches at random.", lower_bound=0, upper_bound=8)
-    flags.DEFINE_enum("neighbour_space", "greyscale", ("greyscale", "rgb"),
+                         f"images drawn from its image's {NEIGHBOUR_POOL} nearest "
+                         "neighbours. With --negatives=instance these hard negatives keep "
+                         "the loss from saturating once layout and background are encoded. 0 draws "
+                         "batches at random.", lower_bound=0, upper_bound=NEIGHBOUR_POOL)
+    flags.DEFINE_enum("neighbour_space", "greyscale", NEIGHBOUR_SPACES,
                       "Teacher features in which --batch_neighbours finds similar images: "
                       "of the greyscale images, so neighbours share the layout and differ "
                       "in colour, or of the RGB images, whose neighbours mostly share the "
                       "colour too.")
-    flags.DEFINE_enum("learning_rate_decay", "none", ("none", "cosine"),
+    flags.DEFINE_enum("learning_rate_decay", "none", LEARNING_RATE_DECAYS,
                       "none keeps --learning_rate; cosine lowers it to 0 at the last step "
                       "along a half cosine, so the final weights are not those of a late "
                       "loss spike.")

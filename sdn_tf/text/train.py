@@ -195,12 +195,12 @@ class TextTrainConfig:
         if self.learning_rate_decay not in LEARNING_RATE_DECAYS:
             raise ValueError(f"learning_rate_decay={self.learning_rate_decay!r}; use one of "
                              f"{', '.join(LEARNING_RATE_DECAYS)}.")
-        if self.batch_size % (self.batch_neighbours + 1):
+        group = self.batch_neighbours + 1
+        if self.batch_size % group:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of batch_neighbours + 1 = "
-                f"{self.batch_neighbours + 1}, because each anchor brings "
-                f"{self.batch_neighbours} neighbours; for example --batch_size="
-                f"{(self.batch_size // (self.batch_neighbours + 1) + 1) * (self.batch_neighbours + 1)}.")
+                f"{group}, because each anchor brings {self.batch_neighbours} neighbours; "
+                f"for example --batch_size={(self.batch_size // group + 1) * group}.")
 
 
 def as_config(config: Union[TextTrainConfig, Mapping]) -> TextTrainConfig:
@@ -528,8 +528,8 @@ class NeighbourSchedule:
 
 
 def neighbour_schedule(config: TextTrainConfig, pairs: CaptionPairs,
-                       standardized_features: np.ndarray) -> NeighbourSchedule:
-    """Build the NeighbourSchedule of a run from the training images' standardised features."""
+                       features: np.ndarray) -> NeighbourSchedule:
+    """Build the NeighbourSchedule of a run from the training images' unstandardised features."""
     rows = np.unique(pairs.image_index)
     pool = min(NEIGHBOUR_POOL, len(rows) - 1)
     if pool < config.batch_neighbours:
@@ -537,7 +537,8 @@ def neighbour_schedule(config: TextTrainConfig, pairs: CaptionPairs,
             f"batch_neighbours={config.batch_neighbours} needs at least "
             f"{config.batch_neighbours + 1} training images with captions; the split has "
             f"{len(rows)}. Lower --batch_neighbours or use more data.")
-    nearest = nearest_images(standardized_features[rows], pool)
+    mean, std = feature_statistics(features)
+    nearest = nearest_images((features[rows] - mean) / std, pool)
     neighbours = {int(row): rows[nearest[position]] for position, row in enumerate(rows)}
     logging.info("Neighbour batches: %d anchors per batch, each with %d of the %d images "
                  "nearest to its own in the standardised teacher features of the %s images.",
@@ -724,7 +725,11 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
         splits["train_greyscale"] = records
         greyscale = ("train_greyscale",)
     features = load_image_features(config, splits, greyscale)
-    neighbour_features = features.pop("train_greyscale", features["train"])
+    if config.batch_neighbours:
+        schedule = neighbour_schedule(config, pairs,
+                                      features.pop("train_greyscale", features["train"]))
+    else:
+        schedule = PairSchedule(len(pairs), config.batch_size, config.seed)
 
     policy = resolve_precision(config.precision)
     jit = resolve_jit_compile(config.jit_compile)
@@ -771,7 +776,7 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
                  "training steps %d to %d.", len(records), len(pairs), config.batch_size,
                  len(pairs) / config.batch_size, start_step, num_steps)
 
-    last_window = _train_loop(config, pairs, features["train"], neighbour_features, text_model,
+    last_window = _train_loop(config, pairs, schedule, features["train"], text_model,
                               image_projection, optimizer, checkpoint, manager, num_steps)
     text_encoder = encoder_lib.TextEncoder(
         text_model, dict(stored_config, kind=encoder_lib.WORKDIR_KIND))
@@ -780,19 +785,12 @@ def train_text_encoder(config: Union[TextTrainConfig, Mapping],
     return TrainedTextEncoder(text_encoder, image_projection, summary)
 
 
-def _train_loop(config, pairs, train_features, neighbour_features, text_model, image_projection,
+def _train_loop(config, pairs, schedule, train_features, text_model, image_projection,
                 optimizer, checkpoint, manager, num_steps) -> dict:
     """Run the steps from `checkpoint.step` to `num_steps`; return the means of the last log window.
 
-    `neighbour_features` are the features in which batch_neighbours finds
-    each image's nearest neighbours (those of the greyscale images, or
-    `train_features`).
+    `schedule` (a PairSchedule or NeighbourSchedule) gives each step's pairs.
     """
-    if config.batch_neighbours:
-        mean, std = feature_statistics(neighbour_features)
-        schedule = neighbour_schedule(config, pairs, (neighbour_features - mean) / std)
-    else:
-        schedule = PairSchedule(len(pairs), config.batch_size, config.seed)
     encode = tf.function(encoder_lib.captions_to_onehot,
                          input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     from sdn_tf.precision import choose_policy
